@@ -1,0 +1,404 @@
+"""Run configuration: one dataclass tree, two presets, type-checked overrides.
+
+Hyper-parameters carry the paper's symbols (CM-ACC §5): ``M`` mini-batch, ``K`` dictionary
+(queue) size, ``N`` candidate-pool size, ``m`` key-encoder momentum, ``tau`` temperature of
+the contrastive softmax (Eq. 7).
+
+Resolution order: dataclass defaults (= the ``cpu`` preset) <- ``preset`` <- YAML file <-
+``--set key=value`` overrides.  Unknown keys, wrong types and impossible values raise
+:class:`ConfigError` naming the key.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key, type or value is wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """What a ``method=`` name means: the objective, where negatives come from, the FC layer."""
+
+    objective: str  # "cross": q_v vs [k_a+; D_a] and q_a vs [k_v+; D_v];  "self": two MoCo's
+    negatives: str  # "queue" (MoCo: enqueue the batch's keys) or a pool sampler embedding
+    fc: str  # "cross" (FC of h_a momentum-updated from FC of f_v, §3.3), "self" or "none"
+
+
+# Table 1 / Table 5 / Fig. 2 of the paper, plus two controls.
+METHODS: dict[str, Method] = {
+    "cmacc": Method("cross", "gradient", "cross"),  # Table 1 row 6 (Alg. 1)
+    "xmoco": Method("cross", "queue", "cross"),  # row 5
+    "xmoco_nofcl": Method("cross", "queue", "none"),  # row 4
+    "smoco": Method("self", "queue", "none"),  # row 3
+    "ohem": Method("cross", "ohem", "cross"),  # Table 5
+    "feature_active": Method("cross", "feature", "cross"),  # Fig. 2 "feature embedding"
+    "key_gradient_active": Method("cross", "key_gradient", "cross"),  # released code's embedding
+    "random_pool": Method("cross", "random", "cross"),  # control: pool + U\D, random picks
+}
+POOL_NEGATIVES = ("gradient", "feature", "key_gradient", "ohem", "random")
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"  # the built-in procedurally generated audio-visual dataset
+    num_classes: int = 32  # latent classes driving both modalities (never used in pretraining)
+    train_size: int = 3072  # videos in the pretraining split
+    probe_train_size: int = 1536  # held-out videos for fitting the linear probe
+    probe_test_size: int = 1024  # held-out videos for scoring it
+    frames: int = 8  # T, frames per clip
+    size: int = 32  # H = W of a clip after the random resized crop
+    mel_bands: int = 80  # log-mel bands; the audio encoder sees an (80 x T_a) signal
+    audio_frames: int = 32  # T_a, mel frames per clip (synchronised with the video clip)
+    nuisance: float = 0.35  # strength of the modality-specific nuisance variation
+    num_workers: int = 0  # DataLoader worker processes
+
+
+@dataclass
+class ModelConfig:
+    video: str = "tiny"  # 3D-ResNet preset: tiny | r10 | r18 (Hara et al.)
+    audio: str = "tiny"  # 1-D ResNet preset over the mel signal: tiny | r10 | r18
+    d: int = 128  # embedding size of q and k
+    head: str = "linear"  # projection to d: linear (MoCo v1) | mlp (Linear-BN-ReLU-Linear, MoCo v2)
+    bn_splits: int = 1  # split-BN groups per batch (MoCo's single-device shuffle-BN emulation); see README
+    shuffle_bn: bool = True  # shuffle the key encoders' batch (He et al., 2020)
+    fc: str = "method"  # "method" (from the method table) | cross | self | none
+
+
+@dataclass
+class SamplerConfig:
+    first: str = "random"  # first k-means++ centroid: random (paper, Alg. 3 l.2) | norm (BADGE)
+    temperature: float = 1.0  # softmax temperature of the pseudo-posterior (Eq. 5 has none)
+    backend: str = "auto"  # auto | torch | triton
+    exclude_batch: bool = True  # never pick a pool clip that is in the current mini-batch
+    fresh_keys: bool = True  # enqueue picks re-encoded by the current h (False: the pool's keys, Alg. 1 l.9)
+
+
+@dataclass
+class ProbeConfig:
+    enabled: bool = True
+    C: float = 1.0  # inverse L2 strength of the logistic-regression probe
+
+
+@dataclass
+class RunConfig:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    checkpoint_every: int = 100  # steps between atomic checkpoints (and one at the end)
+    keep_checkpoints: int = 1  # step-numbered checkpoints kept besides last.pt
+    progress: bool = True  # progress bar on stderr
+    deterministic: bool = True  # torch.use_deterministic_algorithms (needed for exact resume)
+
+
+@dataclass
+class Config:
+    method: str = "cmacc"
+    seed: int = 0
+    # -- the paper's hyper-parameters (§5); CPU-sized here, see PRESETS["paper"] --
+    M: int = 32  # mini-batch size = picks enqueued per modality per step
+    K: int = 512  # dictionary size, a multiple of M
+    N: int = 1536  # candidate pool size (Alg. 1 l.7), drawn anew every pool refresh
+    m: float = 0.99  # key-encoder momentum (Eq. 4)
+    tau: float = 0.1  # temperature of the contrastive loss (Eq. 7)
+    lr: float = 2e-3  # Adam learning rate after warm-up
+    warmup_steps: int = 30  # linear warm-up (paper: 500)
+    lr_schedule: str = "constant"  # constant (paper) | cosine (after warm-up)
+    weight_decay: float = 0.0  # Adam's L2 term (the paper states none)
+    steps: int = 360  # optimisation steps
+    queue_init: str = "clips"  # clips: K random clips through h (Alg. 1 l.3-5) | random: noise
+    pool_refresh: int = 0  # steps between pool redraws; 0 = once per epoch (Alg. 1 l.7-9)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @property
+    def spec(self) -> Method:
+        return METHODS[self.method]
+
+    @property
+    def fc(self) -> str:
+        return self.spec.fc if self.model.fc == "method" else self.model.fc
+
+    @property
+    def uses_pool(self) -> bool:
+        return self.spec.negatives in POOL_NEGATIVES
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, self.data.train_size // self.M)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Presets change defaults only; every value can still be overridden.
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {},  # the dataclass defaults: the built-in run, <= 5 min on 2 CPU cores
+    # CM-ACC §5: M=128, K=30*128, N=300*128, m=0.999, tau=0.7, Adam 1e-3 after 500 warm-up
+    # steps, 3D-ResNet-18 on 16x224^2 clips, 1-D ResNet-18 on 80-band mel.
+    "paper": {
+        "M": 128, "K": 3840, "N": 38400, "m": 0.999, "tau": 0.7, "lr": 1e-3,
+        "warmup_steps": 500, "lr_schedule": "constant", "weight_decay": 0.0, "steps": 100000,
+        "model.video": "r18", "model.audio": "r18", "model.bn_splits": 8,
+        "data.frames": 16, "data.size": 224, "data.audio_frames": 64,
+        "data.train_size": 240000, "data.num_workers": 8, "run.checkpoint_every": 1000,
+        "run.keep_checkpoints": 3, "run.deterministic": False,
+    },
+}
+
+VIDEO_PRESETS = ("tiny", "r10", "r18")
+AUDIO_PRESETS = ("tiny", "r10", "r18")
+CHOICES: dict[str, tuple[str, ...]] = {
+    "method": tuple(METHODS),
+    "lr_schedule": ("constant", "cosine"),
+    "queue_init": ("clips", "random"),
+    "data.name": ("synthetic",),
+    "model.video": VIDEO_PRESETS,
+    "model.audio": AUDIO_PRESETS,
+    "model.fc": ("method", "cross", "self", "none"),
+    "model.head": ("linear", "mlp"),
+    "sampler.first": ("random", "norm"),
+    "sampler.backend": ("auto", "torch", "triton"),
+}
+
+
+def _fields(cls) -> dict[str, tuple[Any, bool]]:
+    """Flat map 'section.key' -> (python type, is_section) for a config dataclass."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, tuple[Any, bool]] = {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out[f.name] = (tp, True)
+            for sub, (stp, _) in _fields(tp).items():
+                out[f"{f.name}.{sub}"] = (stp, False)
+        else:
+            out[f.name] = (tp, False)
+    return out
+
+
+FIELDS = _fields(Config)
+LEAVES = {k: t for k, (t, sec) in FIELDS.items() if not sec}
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    tp = LEAVES[key]
+    where = f" (from {source})" if source else ""
+    if tp in (int, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 and 5e-4 as strings
+            value = float(value.strip())
+        except ValueError:
+            pass
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+            return int(value)  # YAML reads 3.84e3 as a float
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(
+        f"config key '{key}'{where} must be {tp.__name__}, got {type(value).__name__} {value!r}"
+    )
+
+
+def _unknown(key: str, source: str) -> ConfigError:
+    near = difflib.get_close_matches(key, list(LEAVES), n=1)
+    hint = f" (did you mean '{near[0]}'?)" if near else ""
+    where = f" in {source}" if source else ""
+    return ConfigError(f"unknown config key '{key}'{where}{hint}")
+
+
+def flatten(d: dict[str, Any], prefix: str = "", source: str = "") -> dict[str, Any]:
+    """Nested YAML mapping -> {'section.key': value}; a section given a scalar is an error."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if not isinstance(k, str):
+            raise ConfigError(f"config key {k!r} in {source or 'config'} is not a string")
+        key = f"{prefix}{k}"
+        if key in FIELDS and FIELDS[key][1]:
+            if not isinstance(v, dict):
+                raise ConfigError(f"config key '{key}' in {source} must be a mapping of keys")
+            out.update(flatten(v, key + ".", source))
+        else:
+            out[key] = v
+    return out
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """'key=value' from the command line; the value is read as YAML (3840, 0.7, true, cmacc)."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from None
+    if isinstance(value, (int, float, bool)) or value is None:
+        return key, value
+    return key, raw if not isinstance(value, str) else value
+
+
+def _apply(cfg: Config, key: str, value: Any, source: str) -> None:
+    if key not in LEAVES:
+        raise _unknown(key, source)
+    value = _coerce(key, value, source)
+    obj = cfg
+    *path, leaf = key.split(".")
+    for p in path:
+        obj = getattr(obj, p)
+    setattr(obj, leaf, value)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build and validate a Config from an optional YAML file and ``key=value`` overrides."""
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(raw).__name__}")
+        layers.append((str(path), flatten(raw, source=str(path))))
+    sets = dict(parse_set(s) for s in overrides)
+    layers.append(("--set", sets))
+
+    preset = "cpu"
+    for source, layer in layers:
+        if "preset" in layer:
+            preset = layer.pop("preset")
+            if preset not in PRESETS:
+                raise ConfigError(f"config key 'preset' (from {source}) must be one of {sorted(PRESETS)}, got {preset!r}")
+    cfg = Config()
+    for key, value in PRESETS[preset].items():
+        _apply(cfg, key, value, f"preset {preset}")
+    for source, layer in layers:
+        for key, value in layer.items():
+            _apply(cfg, key, value, source)
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(d: dict[str, Any], source: str = "saved config") -> Config:
+    """Inverse of Config.to_dict; validates."""
+    cfg = Config()
+    for key, value in flatten(d, source=source).items():
+        _apply(cfg, key, value, source)
+    validate(cfg)
+    return cfg
+
+
+# What a resumed run may change: its length, and how it runs and is evaluated.
+RESUMABLE = ("steps", "run.", "probe.", "data.num_workers")
+
+
+def resume_config(saved_path: str | Path, path: str | Path | None = None,
+                  overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The config saved in a run folder, with allowed changes from a file and ``--set``."""
+    saved_path = Path(saved_path)
+    if not saved_path.is_file():
+        raise ConfigError(f"--resume: {saved_path} not found; is {saved_path.parent} a cmacc run folder?")
+    saved = config_from_dict(yaml.safe_load(saved_path.read_text()) or {}, source=str(saved_path))
+    changes: dict[str, Any] = {}
+    if path is not None:
+        changes.update(flatten(yaml.safe_load(Path(path).read_text()) or {}, source=str(path)))
+    changes.update(dict(parse_set(s) for s in overrides))
+    cfg = copy.deepcopy(saved)
+    for key, value in changes.items():
+        _apply(cfg, key, value, "--resume override")
+    before, after = flatten(saved.to_dict()), flatten(cfg.to_dict())
+    for key in after:
+        if after[key] != before[key] and not (key == "steps" or key.startswith(RESUMABLE)):
+            raise ConfigError(f"config key '{key}' cannot change when resuming "
+                              f"(saved {before[key]!r}, asked {after[key]!r}); start a new --out instead")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError naming the first impossible value."""
+
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise ConfigError(f"config key '{key}': {msg}")
+
+    flat = flatten(cfg.to_dict())
+    for key, choices in CHOICES.items():
+        need(flat[key] in choices, key, f"must be one of {list(choices)}, got {flat[key]!r}")
+    need(cfg.M >= 2, "M", f"mini-batch must hold at least 2 clips, got {cfg.M}")
+    need(cfg.K >= cfg.M, "K", f"dictionary size K={cfg.K} must be at least M={cfg.M}")
+    need(cfg.K % cfg.M == 0, "K", f"K={cfg.K} must be a multiple of M={cfg.M} (the queue advances M per step)")
+    need(cfg.N >= cfg.M, "N", f"pool size N={cfg.N} must be at least M={cfg.M}")
+    need(cfg.N % cfg.M == 0, "N", f"pool size N={cfg.N} must be a multiple of M={cfg.M} (pool encoded in mini-batches)")
+    need(0.0 <= cfg.m < 1.0, "m", f"momentum must lie in [0, 1), got {cfg.m}")
+    need(cfg.tau > 0, "tau", f"temperature must be positive, got {cfg.tau}")
+    need(cfg.lr > 0, "lr", f"learning rate must be positive, got {cfg.lr}")
+    need(cfg.weight_decay >= 0, "weight_decay", f"must be >= 0, got {cfg.weight_decay}")
+    need(cfg.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {cfg.warmup_steps}")
+    need(cfg.steps >= 1, "steps", f"must be >= 1, got {cfg.steps}")
+    need(cfg.pool_refresh >= 0, "pool_refresh", f"must be >= 0 (0 = once per epoch), got {cfg.pool_refresh}")
+    d, mo = cfg.data, cfg.model
+    need(d.num_classes >= 2, "data.num_classes", f"must be >= 2, got {d.num_classes}")
+    need(d.train_size >= cfg.M, "data.train_size", f"train_size={d.train_size} is smaller than one mini-batch M={cfg.M}")
+    for key in ("probe_train_size", "probe_test_size"):
+        v = getattr(d, key)
+        need(v >= d.num_classes, f"data.{key}", f"must hold at least one clip per class ({d.num_classes}), got {v}")
+    need(d.frames >= 1, "data.frames", f"must be >= 1, got {d.frames}")
+    need(d.size >= 16, "data.size", f"crops smaller than 16 px do not survive the encoders' strides, got {d.size}")
+    need(d.mel_bands >= 8, "data.mel_bands", f"must be >= 8, got {d.mel_bands}")
+    need(d.audio_frames >= 8, "data.audio_frames", f"must be >= 8, got {d.audio_frames}")
+    need(d.audio_frames % d.frames == 0, "data.audio_frames",
+         f"must be a multiple of data.frames={d.frames} so audio and video windows align, got {d.audio_frames}")
+    need(d.nuisance >= 0, "data.nuisance", f"must be >= 0, got {d.nuisance}")
+    need(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
+    need(mo.d >= 2, "model.d", f"must be >= 2, got {mo.d}")
+    need(mo.bn_splits >= 1, "model.bn_splits", f"must be >= 1, got {mo.bn_splits}")
+    need(cfg.M % mo.bn_splits == 0, "model.bn_splits",
+         f"M={cfg.M} must split into model.bn_splits={mo.bn_splits} equal groups")
+    need(cfg.M // mo.bn_splits >= 2, "model.bn_splits",
+         f"each BN group needs >= 2 clips; M={cfg.M} / bn_splits={mo.bn_splits} leaves {cfg.M // mo.bn_splits}")
+    need(not (cfg.spec.objective == "self" and cfg.fc == "cross"), "model.fc",
+         f"method={cfg.method} is unimodal: a cross-modal FC layer has no partner")
+    need(cfg.sampler.temperature > 0, "sampler.temperature", f"must be positive, got {cfg.sampler.temperature}")
+    if cfg.uses_pool:
+        need(d.train_size >= cfg.N, "N",
+             f"pool size N={cfg.N} exceeds the dataset (data.train_size={d.train_size}); the pool holds distinct clips")
+        need(cfg.N >= cfg.K + 2 * cfg.M, "N",
+             f"method={cfg.method} picks M={cfg.M} per step from U \\ D minus the mini-batch: "
+             f"needs N >= K + 2M = {cfg.K + 2 * cfg.M}, got N={cfg.N}")
+    if cfg.queue_init == "clips":
+        need(d.train_size >= cfg.K, "queue_init",
+             f"'clips' fills the queue with K={cfg.K} distinct clips but data.train_size={d.train_size}")
+    need(cfg.probe.C > 0, "probe.C", f"must be positive, got {cfg.probe.C}")
+    r = cfg.run
+    need(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"), "run.device",
+         f"must be auto, cpu, cuda or cuda:N, got {r.device!r}")
+    need(r.threads >= 0, "run.threads", f"must be >= 0, got {r.threads}")
+    need(r.checkpoint_every >= 1, "run.checkpoint_every", f"must be >= 1, got {r.checkpoint_every}")
+    need(r.keep_checkpoints >= 0, "run.keep_checkpoints", f"must be >= 0, got {r.keep_checkpoints}")
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,261 @@
+"""Cross-Modal Active Contrastive Coding (CM-ACC, Ma et al., ICLR 2021) -- Algorithm 1.
+
+One module holds the method and its MoCo-style relatives (Table 1, Table 5, Fig. 2):
+
+    objective="cross"  q_v vs [k_a+; D_a] and q_a vs [k_v+; D_v]           (XMoCo, CM-ACC)
+    objective="self"   q_v vs [k_v+; D_v] and q_a vs [k_a+; D_a]           (SMoCo)
+    negatives="queue"  enqueue the mini-batch's keys (MoCo, random negatives)
+    negatives=<embedding>  pick M negatives per modality from the pool U \\ D with
+                       cmacc.sampling.select (Alg. 1 l.14-30): "gradient" (CM-ACC),
+                       "feature", "key_gradient", "ohem", "random"
+    fc="cross"         the extra FC layer of §3.3: the FC on top of h_a is momentum-updated
+                       from the FC of f_v, and the FC on top of h_v from that of f_a
+    fc="self"          FC layers momentum-updated within their modality;  fc="none": no FC
+
+Shapes: M mini-batch, d embedding size, K dictionary size, N pool size.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import sampling
+from .models import Encoder
+
+
+EncodePicks = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class SamplerOptions:
+    """How pool negatives are chosen (passed to cmacc.sampling.select)."""
+
+    first: str = "random"  # first k-means++ centroid: random (Alg. 3 l.2) | norm (BADGE)
+    temperature: float = 1.0  # pseudo-posterior softmax temperature (Eq. 5 has none)
+    backend: str = "torch"  # resolved backend: torch | triton
+    exclude_batch: bool = True  # the mini-batch's own clips are positives, never negatives
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # L_v + L_a, scalar with grad
+    loss_v: torch.Tensor  # video queries' InfoNCE (Eq. 7), detached
+    loss_a: torch.Tensor  # audio queries' InfoNCE, detached
+    acc_v: torch.Tensor  # pretext top-1: the positive outscores all K negatives, detached
+    acc_a: torch.Tensor
+    enqueued_v: torch.Tensor  # clip ids enqueued into D_v this step (M,)
+    enqueued_a: torch.Tensor  # clip ids enqueued into D_a this step (M,)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def infonce(q: torch.Tensor, k_pos: torch.Tensor, D: torch.Tensor, tau: float):
+    """Eq. 7: -log exp(q.k+/tau) / sum_{j=0..K} exp(q.k_j/tau); returns (loss, top-1 acc)."""
+    l_pos = (q * k_pos).sum(dim=1, keepdim=True)  # l_pos: M x 1
+    l_neg = q @ D.T  # l_neg: M x K
+    logits = torch.cat([l_pos, l_neg], dim=1) / tau  # M x (1+K)
+    labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)  # the positive is column 0
+    loss = F.cross_entropy(logits, labels)
+    acc = (logits.argmax(dim=1) == 0).float().mean()
+    return loss, acc.detach()
+
+
+class CrossModalMoCo(nn.Module):
+    """Query encoders f_v, f_a (trained); key encoders h_v, h_a (momentum); dictionaries D_v, D_a.
+
+    f_v, f_a:   query encoders (cmacc.models.Encoder); the key encoders are deep copies.
+    K:          dictionary size (queue length), a multiple of M.      paper: 3,840
+    M:          mini-batch size = negatives enqueued per step.          paper: 128
+    N:          candidate pool size (pool methods only).               paper: 38,400
+    m:          key-encoder momentum (Eq. 4).                           paper: 0.999
+    tau:        contrastive temperature (Eq. 7).                        paper: 0.7
+    objective:  "cross" | "self";  negatives: "queue" | an embedding;  fc: "cross" | "self" | "none"
+    shuffle_bn: shuffle the key batch before the key encoders (split-BN makes it matter).
+    """
+
+    def __init__(self, f_v: Encoder, f_a: Encoder, *, K: int, M: int, N: int, m: float, tau: float,
+                 objective: str = "cross", negatives: str = "gradient", fc: str = "cross",
+                 shuffle_bn: bool = True, sampler: SamplerOptions | None = None) -> None:
+        super().__init__()
+        if objective not in ("cross", "self"):
+            raise ValueError(f"objective must be 'cross' or 'self', got {objective!r}")
+        if negatives != "queue" and negatives not in sampling.EMBEDDINGS:
+            raise ValueError(f"negatives must be 'queue' or one of {sampling.EMBEDDINGS}, got {negatives!r}")
+        if fc not in ("cross", "self", "none"):
+            raise ValueError(f"fc must be 'cross', 'self' or 'none', got {fc!r}")
+        if (f_v.fc is None) != (fc == "none") or (f_a.fc is None) != (fc == "none"):
+            raise ValueError(f"fc={fc!r} but the encoders were built {'with' if f_v.fc is not None else 'without'} an FC layer")
+        if fc == "cross" and objective == "self":
+            raise ValueError("fc='cross' needs the cross-modal objective")
+        if K % M:
+            raise ValueError(f"K={K} must be a multiple of M={M}")
+        self.K, self.M, self.N, self.m, self.tau = K, M, N, m, tau
+        self.objective, self.negatives, self.fc, self.shuffle_bn = objective, negatives, fc, shuffle_bn
+        self.sampler = sampler or SamplerOptions()
+
+        self.f_v, self.f_a = f_v, f_a  # query encoders
+        self.h_v, self.h_a = copy.deepcopy(f_v), copy.deepcopy(f_a)  # key encoders
+        for p in list(self.h_v.parameters()) + list(self.h_a.parameters()):
+            p.requires_grad = False  # updated by momentum only
+        with torch.no_grad():
+            for p_k, p_q in self._momentum_pairs():
+                p_k.copy_(p_q)  # h starts as its momentum source (for h_a.fc: f_v.fc)
+
+        d = f_v.d
+        # Dictionaries (Alg. 1 l.3-5 fills them; see init_queues). ids: clip index or -1.
+        self.register_buffer("D_v", F.normalize(torch.randn(K, d), dim=1))  # D_v: K x d
+        self.register_buffer("D_a", F.normalize(torch.randn(K, d), dim=1))  # D_a: K x d
+        self.register_buffer("D_v_ids", torch.full((K,), -1, dtype=torch.long))
+        self.register_buffer("D_a_ids", torch.full((K,), -1, dtype=torch.long))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        if self.uses_pool:  # candidate pool U (Alg. 1 l.7-9), keys from h at refresh time
+            self.register_buffer("U_v", torch.zeros(N, d))  # U_v: N x d
+            self.register_buffer("U_a", torch.zeros(N, d))  # U_a: N x d
+            self.register_buffer("U_ids", torch.full((N,), -1, dtype=torch.long))
+
+    @property
+    def uses_pool(self) -> bool:
+        return self.negatives != "queue"
+
+    # ---- momentum (Eq. 4, Alg. 1 l.38-39) and the cross-modal FC layer (§3.3) ----
+    def _momentum_pairs(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
+        """(key parameter, the query parameter it follows)."""
+        pairs = []
+        for h, f in ((self.h_v, self.f_v), (self.h_a, self.f_a)):
+            for mod_k, mod_q in ((h.backbone, f.backbone), (h.proj, f.proj)):
+                pairs += list(zip(mod_k.parameters(), mod_q.parameters()))
+        if self.fc == "cross":  # h_a's FC follows f_v's FC; h_v's FC follows f_a's FC
+            pairs += list(zip(self.h_a.fc.parameters(), self.f_v.fc.parameters()))
+            pairs += list(zip(self.h_v.fc.parameters(), self.f_a.fc.parameters()))
+        elif self.fc == "self":
+            pairs += list(zip(self.h_v.fc.parameters(), self.f_v.fc.parameters()))
+            pairs += list(zip(self.h_a.fc.parameters(), self.f_a.fc.parameters()))
+        return pairs
+
+    @torch.no_grad()
+    def momentum_update(self, m: float | None = None) -> None:
+        """theta_k <- m theta_k + (1 - m) theta_q for every key parameter (buffers are not averaged)."""
+        m = self.m if m is None else m
+        pairs = self._momentum_pairs()
+        keys = [k for k, _ in pairs]
+        torch._foreach_mul_(keys, m)
+        torch._foreach_add_(keys, [q for _, q in pairs], alpha=1.0 - m)
+
+    # ---- dictionaries and pool ----
+    @torch.no_grad()
+    def init_queues(self, keys_v: torch.Tensor, keys_a: torch.Tensor, ids: torch.Tensor) -> None:
+        """Alg. 1 l.3-5: D_v, D_a <- keys of K random clips encoded by h_v, h_a."""
+        if keys_v.shape != self.D_v.shape or keys_a.shape != self.D_a.shape or ids.shape != (self.K,):
+            raise ValueError(f"init_queues expects K x d keys and K ids (K={self.K}), got "
+                             f"{tuple(keys_v.shape)}, {tuple(keys_a.shape)}, {tuple(ids.shape)}")
+        self.D_v.copy_(keys_v)
+        self.D_a.copy_(keys_a)
+        self.D_v_ids.copy_(ids)
+        self.D_a_ids.copy_(ids)
+        self.queue_ptr.zero_()
+
+    @torch.no_grad()
+    def set_pool(self, ids: torch.Tensor, keys_v: torch.Tensor, keys_a: torch.Tensor) -> None:
+        """Alg. 1 l.7-9: the pool U of N clips and their keys h_v(v_n), h_a(a_n)."""
+        if not self.uses_pool:
+            raise RuntimeError(f"negatives={self.negatives!r} uses no candidate pool")
+        if ids.shape != (self.N,) or keys_v.shape != self.U_v.shape or keys_a.shape != self.U_a.shape:
+            raise ValueError(f"set_pool expects N={self.N} ids and N x d keys, got "
+                             f"{tuple(ids.shape)}, {tuple(keys_v.shape)}, {tuple(keys_a.shape)}")
+        self.U_ids.copy_(ids)
+        self.U_v.copy_(keys_v)
+        self.U_a.copy_(keys_a)
+
+    @torch.no_grad()
+    def _enqueue(self, D: torch.Tensor, D_ids: torch.Tensor, keys: torch.Tensor, ids: torch.Tensor) -> None:
+        """ENQUEUE(DEQUEUE(D), keys): overwrite the oldest M entries (FIFO)."""
+        ptr = int(self.queue_ptr)
+        D[ptr:ptr + keys.shape[0]] = keys
+        D_ids[ptr:ptr + keys.shape[0]] = ids
+
+    @torch.no_grad()
+    def _advance(self) -> None:
+        self.queue_ptr.copy_((self.queue_ptr + self.M) % self.K)
+
+    @torch.no_grad()
+    def _keys(self, h: Encoder, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Alg. 1 l.31 with shuffling BN: encode a shuffled batch, then undo the shuffle."""
+        if not self.shuffle_bn:
+            return h(x)
+        perm = torch.randperm(x.shape[0], generator=generator, device="cpu").to(x.device)
+        k = h(x[perm])
+        return k[torch.argsort(perm)]
+
+    @torch.no_grad()
+    def _pick(self, U: torch.Tensor, D_ids: torch.Tensor, queries: torch.Tensor, batch_ids: torch.Tensor,
+              generator: torch.Generator | None) -> torch.Tensor:
+        """Alg. 1 l.15-20 (or its ablations): M indices into U, from U \\ D (and not the batch)."""
+        exclude = torch.isin(self.U_ids, D_ids)  # U \ D: rows already in the dictionary
+        if self.sampler.exclude_batch:
+            exclude |= torch.isin(self.U_ids, batch_ids)  # the batch's own clips are positives
+        return sampling.select(U, queries, self.M, embedding=self.negatives, exclude=exclude,
+                               generator=generator, backend=self.sampler.backend,
+                               first=self.sampler.first, temperature=self.sampler.temperature)
+
+    # ---- one training step (Alg. 1 l.11-37) ----
+    def forward(self, video: torch.Tensor, audio: torch.Tensor, ids: torch.Tensor,
+                video_k: torch.Tensor | None = None, audio_k: torch.Tensor | None = None,
+                generator: torch.Generator | None = None, encode_picks: EncodePicks | None = None) -> StepOutput:
+        """video: M x 3 x T x H x W;  audio: M x B x T_a;  ids: M clip indices (for U \\ D).
+
+        video_k / audio_k: the key views (second augmentations) for the unimodal objective;
+        the cross-modal objective encodes keys from the same clips (Alg. 1 l.31).
+        encode_picks(ids_v, ids_a) -> (keys_v, keys_a): keys of the picked pool clips from the
+        *current* key encoders. Without it the pool's keys from its last refresh are enqueued
+        (Alg. 1 as printed); those are older than every positive key, and the queries can learn
+        to tell keys apart by age alone -- see README, "stale pool keys".
+        """
+        timings: dict[str, float] = {}
+        q_v = self.f_v(video)  # q_v: M x d   (l.23)
+        q_a = self.f_a(audio)  # q_a: M x d   (l.14)
+        with torch.no_grad():
+            k_v = self._keys(self.h_v, video if video_k is None else video_k, generator)  # k_v: M x d (l.31)
+            k_a = self._keys(self.h_a, audio if audio_k is None else audio_k, generator)  # k_a: M x d
+        # The queries that will be contrasted against D_v choose D_v's negatives, and vice versa.
+        q_for_Dv, q_for_Da = (q_a, q_v) if self.objective == "cross" else (q_v, q_a)
+
+        if self.uses_pool:  # Active sampling (l.14-30), enqueued before the loss as in Alg. 1
+            t0 = time.perf_counter()
+            S_v = self._pick(self.U_v, self.D_v_ids, q_for_Dv.detach(), ids, generator)  # l.14-20
+            S_a = self._pick(self.U_a, self.D_a_ids, q_for_Da.detach(), ids, generator)  # l.23-29
+            enq_v, enq_a = self.U_ids[S_v], self.U_ids[S_a]
+            if video.is_cuda:
+                torch.cuda.synchronize(video.device)
+            timings["sampler"] = time.perf_counter() - t0
+            if encode_picks is None:
+                keys_v, keys_a = self.U_v[S_v], self.U_a[S_a]  # keys from the last pool refresh (l.9)
+            else:
+                t0 = time.perf_counter()
+                keys_v, keys_a = encode_picks(enq_v, enq_a)  # h_v(v_n), h_a(a_n) now
+                timings["encode_picks"] = time.perf_counter() - t0
+            self._enqueue(self.D_v, self.D_v_ids, keys_v, enq_v)  # l.21
+            self._enqueue(self.D_a, self.D_a_ids, keys_a, enq_a)  # l.30
+            self._advance()
+
+        # Cross-modal (or unimodal) contrastive coding, Eq. 7 (l.32-34). D is cloned: the
+        # queue is updated in place after the graph is built.
+        D_v, D_a = self.D_v.clone(), self.D_a.clone()
+        if self.objective == "cross":
+            loss_v, acc_v = infonce(q_v, k_a, D_a, self.tau)  # q_v vs [k_a+; D_a]
+            loss_a, acc_a = infonce(q_a, k_v, D_v, self.tau)  # q_a vs [k_v+; D_v]
+        else:
+            loss_v, acc_v = infonce(q_v, k_v, D_v, self.tau)  # q_v vs [k_v+; D_v]
+            loss_a, acc_a = infonce(q_a, k_a, D_a, self.tau)  # q_a vs [k_a+; D_a]
+
+        if not self.uses_pool:  # MoCo: enqueue the batch's keys after the loss
+            enq_v = enq_a = ids
+            self._enqueue(self.D_v, self.D_v_ids, k_v, ids)
+            self._enqueue(self.D_a, self.D_a_ids, k_a, ids)
+            self._advance()
+        return StepOutput(loss_v + loss_a, loss_v.detach(), loss_a.detach(), acc_v, acc_a,
+                          enq_v, enq_a, timings)

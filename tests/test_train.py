@@ -1,0 +1,149 @@
+"""The training loop end to end on a tiny configuration: resume, checkpoints, summary, errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cmacc.cli import main
+from cmacc.config import load_config
+from cmacc.train import NonFiniteLoss, pretrain
+
+TINY = ["data.num_classes=8", "data.train_size=96", "data.probe_train_size=16", "data.probe_test_size=16",
+        "data.frames=4", "data.size=16", "data.audio_frames=8", "M=8", "K=16", "N=48", "steps=12",
+        "warmup_steps=2", "run.checkpoint_every=4", "run.progress=false", "run.device=cpu"]
+
+
+def tiny(*extra):
+    return load_config(overrides=TINY + list(extra))
+
+
+def losses(out: Path):
+    recs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in recs], [r["loss"] for r in recs]
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", ["cmacc", "xmoco", "smoco"])
+def test_resume_reproduces_uninterrupted_losses(tmp_path, method):
+    cfg = tiny(f"method={method}", "probe.enabled=false")
+    pretrain(cfg, tmp_path / "a")
+    steps_a, loss_a = losses(tmp_path / "a")
+    assert steps_a == list(range(1, 13))
+
+    def crash(step, rec):  # killed after step 7's metrics, last checkpoint at step 4
+        if step == 7:
+            raise Crash
+    with pytest.raises(Crash):
+        pretrain(cfg, tmp_path / "b", on_step=crash)
+    assert losses(tmp_path / "b")[0] == list(range(1, 8))
+    pretrain(cfg, tmp_path / "b", resume=True)
+    steps_b, loss_b = losses(tmp_path / "b")
+    assert steps_b == steps_a
+    assert loss_b == loss_a  # bit-identical on CPU
+
+
+def test_summary_and_outputs(tmp_path):
+    s = pretrain(tiny(), tmp_path / "r")
+    out = tmp_path / "r"
+    for f in ("config.yaml", "run.json", "metrics.jsonl", "summary.json", "checkpoints/last.pt"):
+        assert (out / f).is_file(), f
+    assert not list(out.rglob(".*.tmp-*"))  # no half-written files left behind
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "cmacc" and summary["steps"] == 12
+    for mod in ("video", "audio"):
+        assert set(summary["probe"][mod]) == {"pretrained", "random_init"}
+        assert 0.0 <= summary["probe"][mod]["pretrained"] <= 100.0
+    assert 1.0 <= summary["negatives"]["mean_categories"] <= 8.0
+    assert summary["provenance"]["versions"]["torch"] and summary["sampler_backend"] == "torch"
+    rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    for key in ("loss", "lr", "time_data", "time_compute", "time_sampler", "neg_categories"):
+        assert key in rec
+    assert len(list((out / "checkpoints").glob("step_*.pt"))) == 1  # keep_checkpoints=1
+    with pytest.raises(FileExistsError, match="--resume"):
+        pretrain(tiny(), out)
+
+
+def test_stale_pool_keys_option_runs(tmp_path):
+    pretrain(tiny("sampler.fresh_keys=false", "probe.enabled=false", "steps=4"), tmp_path / "r")
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
+    import cmacc.moco as moco
+    real = moco.infonce
+    def poisoned(q, k, D, tau):
+        loss, acc = real(q, k, D, tau)
+        return loss * float("nan"), acc
+    monkeypatch.setattr(moco, "infonce", poisoned)
+    with pytest.raises(NonFiniteLoss, match="non-finite loss at step 1.*last checkpoint"):
+        pretrain(tiny("probe.enabled=false"), tmp_path / "r")
+
+
+def test_resume_rejects_unreadable_checkpoint(tmp_path):
+    out = tmp_path / "r"
+    pretrain(tiny("probe.enabled=false", "steps=4"), out)
+    (out / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="last.pt cannot be read"):
+        pretrain(tiny("probe.enabled=false", "steps=8"), out, resume=True)
+
+
+def test_cli_config_errors_name_the_key(tmp_path, capsys):
+    assert main(["pretrain", "--out", str(tmp_path / "x"), "--set", "K=100"]) == 2
+    assert "config key 'K'" in capsys.readouterr().err
+    assert main(["pretrain", "--out", str(tmp_path / "x"), "--set", "nope=1"]) == 2
+    assert "unknown config key 'nope'" in capsys.readouterr().err
+    assert main(["pretrain", "--out", str(tmp_path / "missing"), "--resume"]) == 2
+
+
+def _cli(out: Path, *extra: str) -> list[str]:
+    sets = [a for kv in TINY + ["probe.enabled=false", "steps=40", *extra] for a in ("--set", kv)]
+    return [sys.executable, "-m", "cmacc", "pretrain", "--out", str(out), *sets]
+
+
+def _wait_for_checkpoint(proc, out: Path, step: int, timeout: float = 120.0) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        ck = sorted((out / "checkpoints").glob("step_*.pt")) if (out / "checkpoints").exists() else []
+        if ck and int(ck[-1].stem.split("_")[1]) >= step:
+            return
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        time.sleep(0.05)
+    raise TimeoutError("no checkpoint appeared")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    ref = subprocess.run(_cli(tmp_path / "ref"), env=env, capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    proc = subprocess.Popen(_cli(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_checkpoint(proc, tmp_path / "killed", 8)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    res = subprocess.run(_cli(tmp_path / "killed") + ["--resume"], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert losses(tmp_path / "killed") == losses(tmp_path / "ref")
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_exits(tmp_path):
+    out = tmp_path / "t"
+    proc = subprocess.Popen(_cli(out, "run.checkpoint_every=1000"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (out / "metrics.jsonl").exists() or len((out / "metrics.jsonl").read_text().splitlines()) < 3:
+        assert proc.poll() is None and time.time() - t0 < 120
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, err
+    assert "--resume" in err
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == len((out / "metrics.jsonl").read_text().splitlines()) >= 3
