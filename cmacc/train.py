@@ -168,6 +168,18 @@ class _Stop:
         self.requested = signal.Signals(signum).name
 
 
+@torch.no_grad()
+def class_separation(keys: torch.Tensor, labels: torch.Tensor) -> float:
+    """Nearest-class-centroid accuracy (%) of unit keys: how class-clustered the sampler's
+    candidates are (diagnostic only; uses labels). Active sampling can only cover more classes
+    than random draws when this is high."""
+    labels = labels.to(keys.device)
+    C = int(labels.max()) + 1
+    cen = torch.zeros(C, keys.shape[1], device=keys.device, dtype=keys.dtype).index_add_(0, labels, keys)
+    pred = (keys @ torch.nn.functional.normalize(cen, dim=1).T).argmax(1)
+    return float(100.0 * (pred == labels).float().mean())
+
+
 def _count_categories(labels: torch.Tensor, ids: torch.Tensor) -> int:
     ids = ids[ids >= 0].cpu()
     return int(labels[ids].unique().numel())
@@ -261,6 +273,9 @@ def pretrain(cfg: Config, out: str | Path, *, resume: bool = False,
                     t0 = time.perf_counter()
                     refresh_pool(model, train_set, cfg, step // refresh_every, device)
                     rec["time_pool"] = time.perf_counter() - t0
+                    pool_labels = labels[model.U_ids.cpu()]
+                    rec["pool_class_sep_v"] = class_separation(model.U_v, pool_labels)
+                    rec["pool_class_sep_a"] = class_separation(model.U_a, pool_labels)
                 t0 = time.perf_counter()
                 batch = next(batches)
                 v, a = batch["video"].to(device, non_blocking=True), batch["audio"].to(device, non_blocking=True)
