@@ -150,7 +150,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "M": 128, "K": 3840, "N": 38400, "m": 0.999, "tau": 0.7, "lr": 1e-3,
         "warmup_steps": 500, "lr_schedule": "constant", "weight_decay": 0.0, "steps": 100000,
-        "model.video": "r18", "model.audio": "r18", "model.bn_splits": 8,
+        "model.video": "r18", "model.audio": "r18", "model.bn_splits": 4,
         "data.frames": 16, "data.size": 224, "data.audio_frames": 64,
         "data.train_size": 240000, "data.num_workers": 8, "run.checkpoint_every": 1000,
         "run.keep_checkpoints": 3, "run.deterministic": False,
