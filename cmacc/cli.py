@@ -47,6 +47,18 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def _bench_sampler(args: argparse.Namespace) -> int:
+    from . import bench
+    if args.pool is None:
+        args.pool = 38400 if args.device.startswith("cuda") else 4800
+    return bench.main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cmacc", description="Cross-Modal Active Contrastive Coding")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,6 +69,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="run folder (default runs/<method>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(func=_pretrain)
+
+    b = sub.add_parser("bench", help="benchmarks (sampler throughput)")
+    bsub = b.add_subparsers(dest="what", required=True)
+    bs = bsub.add_parser("sampler", help="one modality's active selection: materialised vs factorised vs Triton")
+    bs.add_argument("--device", default="cuda" if _cuda() else "cpu", help="cpu | cuda | cuda:N")
+    bs.add_argument("--pool", type=int, default=None, help="N candidates (default 38400 on cuda, 4800 on cpu)")
+    bs.add_argument("--batch", type=int, default=128, help="M queries = picks (default 128)")
+    bs.add_argument("--dim", type=int, default=128, help="d (default 128)")
+    bs.add_argument("--rounds", type=int, default=None, help="k-means++ picks (default M)")
+    bs.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="input dtype (maths is fp32)")
+    bs.add_argument("--repeats", type=int, default=3)
+    bs.add_argument("--impl", help="comma list of materialised,factorised,triton (default all)")
+    bs.add_argument("--json", help="append result rows (with device, versions, git revision) to this file")
+    bs.set_defaults(func=_bench_sampler)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -1,0 +1,162 @@
+"""``cmacc bench sampler``: one modality's active selection, three ways, side by side.
+
+  materialised  gradient embeddings N x (M*d) written out, k-means++ over them (BADGE before 2023)
+  factorised    the plain-PyTorch reference: rank-1 factors, exact factorised distances
+  triton        the fused kernels (CUDA only; the CPU interpreter is for tests, not timing)
+
+Each selection = pseudo-posterior + ``num`` (= M) seeding rounds, fp32 maths. All three get the
+same Exp(1) noise, and the table says whether they picked the same indices. Times are medians
+over ``repeats`` after a warm-up, with the device synchronised. "GB/s" divides a traffic model
+(bytes a straightforward implementation must move, below) by the time; the device's bandwidth
+is measured with a large copy in the same run.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from . import provenance, sampling
+from .sampling import exp_noise, gradient_embeddings, kmeanspp
+
+IMPLS = ("materialised", "factorised", "triton")
+
+
+def traffic_bytes(impl: str, N: int, M: int, d: int, num: int) -> int:
+    """Bytes moved per selection (fp32), the floor any implementation of that form must stream.
+
+    factorised / triton: read keys (N d) and write the factor a (N M) once; every round reads
+      a, b (N (M + d)), s, D^2, E, the mask (~4 N) and writes D^2 (N).
+    materialised: write G (N M d) once, read it every round (N M d), plus the same N-vectors.
+    """
+    vec = 5 * N
+    if impl == "materialised":
+        return 4 * (N * d + N * M * d + num * (N * M * d + vec))
+    return 4 * (N * d + N * M + num * (N * (M + d) + vec))
+
+
+def device_bandwidth(device: torch.device, nbytes: int = 1 << 28) -> float:
+    """Measured copy bandwidth in GB/s (read + write counted)."""
+    n = nbytes // 4
+    src = torch.empty(n, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(5):
+        _sync(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * nbytes / min(times) / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _run(impl: str, keys, queries, num, noise):
+    if impl == "materialised":
+        return kmeanspp(num, noise, x=gradient_embeddings(keys, queries))
+    backend = "torch" if impl == "factorised" else "triton"
+    return sampling.select(keys, queries, num, embedding="gradient", noise=noise, backend=backend)
+
+
+def bench_sampler(device: str = "cpu", N: int = 4800, M: int = 128, d: int = 128, num: int | None = None,
+                  dtype: str = "fp32", repeats: int = 3, impls: tuple[str, ...] = IMPLS, seed: int = 0) -> list[dict]:
+    dev = torch.device(device)
+    num = M if num is None else num
+    tdt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    g = torch.Generator(device=dev).manual_seed(seed)
+    keys = F.normalize(torch.randn(N, d, device=dev, generator=g), dim=1).to(tdt)
+    queries = F.normalize(torch.randn(M, d, device=dev, generator=g), dim=1).to(tdt)
+    noise = exp_noise(num, N, generator=g, device=dev)
+    bw = device_bandwidth(dev)
+    prov = provenance.collect(dev)
+    rows, picks = [], {}
+    for impl in impls:
+        row = {"bench": "sampler", "impl": impl, "device": str(dev), "device_name": prov["device_name"],
+               "N": N, "M": M, "d": d, "num": num, "dtype": dtype, "repeats": repeats,
+               "device_copy_gbps": bw, "versions": prov["versions"], "git": prov["git"]}
+        if impl == "triton":
+            ok, why = sampling._triton_available(dev) if dev.type == "cuda" else (False, "needs a CUDA device")
+            if not ok:
+                rows.append({**row, "skipped": why})
+                continue
+        if impl == "materialised" and N * M * d * 4 > 0.5 * _free_bytes(dev):
+            rows.append({**row, "skipped": f"N x M*d embeddings need {N * M * d * 4 / 1e9:.1f} GB"})
+            continue
+        out = _run(impl, keys, queries, num, noise)  # warm-up (and Triton compilation)
+        times = []
+        for _ in range(repeats):
+            _sync(dev)
+            t0 = time.perf_counter()
+            out = _run(impl, keys, queries, num, noise)
+            _sync(dev)
+            times.append(time.perf_counter() - t0)
+        t = statistics.median(times)
+        nbytes = traffic_bytes(impl, N, M, d, num)
+        picks[impl] = out.cpu()
+        rows.append({**row, "time_s": t, "times_s": times, "candidates_per_s": N / t, "traffic_bytes": nbytes,
+                     "gbps": nbytes / t / 1e9, "fraction_of_copy_bw": nbytes / t / 1e9 / bw})
+    timed = {r["impl"]: r for r in rows if "time_s" in r}
+    ref = picks.get("factorised")
+    for r in timed.values():
+        for other, o in timed.items():
+            if other != r["impl"]:
+                r[f"speedup_vs_{other}"] = o["time_s"] / r["time_s"]
+        if ref is not None:
+            r["same_picks_as_factorised"] = bool(torch.equal(picks[r["impl"]], ref))
+    return rows
+
+
+def _free_bytes(dev: torch.device) -> float:
+    if dev.type == "cuda":
+        return float(torch.cuda.mem_get_info(dev)[0])
+    try:
+        import os
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError):
+        return 8e9
+
+
+def format_table(rows: list[dict]) -> str:
+    r0 = rows[0]
+    head = (f"sampler: one modality, N={r0['N']} M={r0['M']} d={r0['d']} rounds={r0['num']} {r0['dtype']} "
+            f"on {r0['device_name']} (copy bandwidth {r0['device_copy_gbps']:.0f} GB/s)")
+    lines = [head, f"{'impl':<13}{'ms/selection':>14}{'Mcand/s':>10}{'GB/s':>9}{'% copy bw':>11}  speedups / picks"]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"{r['impl']:<13}  skipped: {r['skipped']}")
+            continue
+        sp = ", ".join(f"{v:.1f}x vs {k[11:]}" for k, v in r.items() if k.startswith("speedup_vs_"))
+        same = "" if "same_picks_as_factorised" not in r else (
+            "; same picks" if r["same_picks_as_factorised"] else "; DIFFERENT picks")
+        lines.append(f"{r['impl']:<13}{1e3 * r['time_s']:>14.2f}{r['candidates_per_s'] / 1e6:>10.3f}"
+                     f"{r['gbps']:>9.1f}{100 * r['fraction_of_copy_bw']:>10.1f}%  {sp}{same}")
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    impls = tuple(args.impl.split(",")) if args.impl else IMPLS
+    bad = [i for i in impls if i not in IMPLS]
+    if bad:
+        print(f"error: --impl {','.join(bad)}: choose from {','.join(IMPLS)}", file=sys.stderr)
+        return 2
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("error: --device cuda requested but CUDA is not available", file=sys.stderr)
+        return 2
+    rows = bench_sampler(args.device, args.pool, args.batch, args.dim, args.rounds, args.dtype, args.repeats, impls)
+    print(format_table(rows))
+    if args.json:
+        path = Path(args.json)
+        with open(path, "a") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+        print(f"appended {len(rows)} rows to {path}")
+    return 0
