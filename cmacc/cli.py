@@ -33,15 +33,22 @@ def _pretrain(args: argparse.Namespace) -> int:
         print(f"stopped by {summary['signal']} at step {summary['stopped_at']}; continue with "
               f"`cmacc pretrain --out {out} --resume`", file=sys.stderr)
         return 130 if summary["signal"] == "SIGINT" else 143
-    neg = summary["negatives"]
-    lines = [f"method {summary['method']}: {summary['steps']} steps, final loss {summary['final_loss']:.3f}",
-             f"negatives: {neg['mean_categories']:.2f} distinct classes per {neg['per_step']} enqueued "
-             f"(uniform draws: {neg['uniform_expectation']:.2f})"]
-    if "probe" in summary:
-        p = summary["probe"]
+    neg, p, data = summary["negatives"], summary["probe"], summary["data"]
+    lines = [f"method {summary['method']}: {summary['steps']} steps, final loss {summary['final_loss']:.3f}"]
+    if neg["mean_categories"] is not None:
+        lines.append(f"negatives: {neg['mean_categories']:.2f} distinct classes per {neg['per_step']} enqueued "
+                     f"(uniform draws: {neg['uniform_expectation']:.2f})")
+    if "skipped" in p:
+        lines.append(f"linear probe: skipped ({p['skipped']})")
+    else:
         for mod in ("video", "audio"):
             lines.append(f"linear probe {mod}: pretrained {p[mod]['pretrained']:.1f}%  "
                          f"random init {p[mod]['random_init']:.1f}%  (chance {p['chance']:.1f}%)")
+    if data.get("left_out") or data["skipped_while_training"]:
+        lines.append(f"data: {len(data['left_out'])} files left out at start, "
+                     f"{data['skipped_while_training']} clips skipped while training (see run.json, skipped.jsonl)")
+        for e in data["left_out"]:
+            lines.append(f"  left out {e['path']}: {e['reason']} ({e['detail']})")
     lines.append(f"wrote {out}/summary.json")
     print("\n".join(lines))
     return 0
@@ -57,6 +64,51 @@ def _bench_sampler(args: argparse.Namespace) -> int:
     if args.pool is None:
         args.pool = 38400 if args.device.startswith("cuda") else 4800
     return bench.main(args)
+
+
+def _bench_data(args: argparse.Namespace) -> int:
+    from . import bench_data
+    return bench_data.main(args)
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from .data.manifest import from_folder, read_manifest
+    from .data.scan import default_workers, scan_paths, summarize, write_report
+    if args.source.is_dir():
+        paths = [r.path for r in from_folder(args.source).rows]
+    elif args.source.is_file():
+        paths = [r.path for r in read_manifest(args.source).rows]
+    else:
+        raise FileNotFoundError(f"{args.source} is neither a manifest nor a folder")
+    records = scan_paths(paths, clip_seconds=args.clip_seconds, decode=args.decode,
+                         workers=args.workers or default_workers())
+    print(summarize(records))
+    if args.out:
+        write_report(records, args.out)
+        print(f"wrote {args.out}")
+    return 0 if all(r.usable for r in records) else 1
+
+
+def _manifest(args: argparse.Namespace) -> int:
+    from .data import manifest as mf
+    missing: list = []
+    if args.layout == "folder":
+        m = mf.from_folder(args.root, label_from_parent=not args.no_labels)
+    else:
+        if args.annotations is None:
+            raise ConfigError(f"cmacc manifest {args.layout} needs --annotations")
+        build = {"kinetics": lambda: mf.from_kinetics(args.annotations, args.root),
+                 "ucf101": lambda: mf.from_ucf101(args.root, args.annotations, args.split_id),
+                 "hmdb51": lambda: mf.from_hmdb51(args.root, args.annotations, args.split_id),
+                 "esc50": lambda: mf.from_esc50(args.annotations, args.root)}[args.layout]
+        m, missing = build()
+    m.write(args.out)
+    splits = {s: sum(r.split == s for r in m.rows) for s in sorted({r.split for r in m.rows})}
+    print(f"wrote {args.out}: {len(m)} rows, {len(m.classes)} classes, splits {splits}")
+    if missing:
+        print(f"{len(missing)} annotated files were not found, e.g. {missing[:3]}")
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +135,34 @@ def main(argv: list[str] | None = None) -> int:
     bs.add_argument("--impl", help="comma list of materialised,factorised,triton (default all)")
     bs.add_argument("--json", help="append result rows (with device, versions, git revision) to this file")
     bs.set_defaults(func=_bench_sampler)
+    bd = bsub.add_parser("data", help="decoding throughput per backend (PyAV, DALI CPU, DALI GPU) and step data/compute time")
+    bd.add_argument("--files", help="folder or manifest of videos (default: generated VP9 + H.264 clips)")
+    bd.add_argument("--generate", type=int, default=8, help="generated files per codec (default 8)")
+    bd.add_argument("--clips", type=int, default=4, help="clips decoded per file (default 4)")
+    bd.add_argument("--crop", type=int, default=224, help="augmentation output size (default 224)")
+    bd.add_argument("--steps", type=int, default=6, help="training steps for the data-vs-compute timing")
+    bd.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    bd.add_argument("--json", help="append result rows (with device, versions, git revision) to this file")
+    bd.set_defaults(func=_bench_data)
+
+    sc = sub.add_parser("scan", help="probe every file of a manifest or folder; report unusable ones")
+    sc.add_argument("source", type=Path, help="manifest CSV or folder of videos")
+    sc.add_argument("--out", type=Path, help="report file (.json or .csv; default: print only)")
+    sc.add_argument("--clip-seconds", type=float, default=1.6, help="shorter files are 'too-short' (default 1.6 = 16 frames @ 10 fps)")
+    sc.add_argument("--decode", choices=("full", "sample"), default="full",
+                    help="decode every frame (default; finds mid-stream corruption) or a sample of positions")
+    sc.add_argument("--workers", type=int, default=0, help="parallel processes (default: one per core, up to 8)")
+    sc.set_defaults(func=_scan)
+
+    mf = sub.add_parser("manifest", help="build a manifest CSV from a dataset layout")
+    mf.add_argument("layout", choices=("folder", "kinetics", "ucf101", "hmdb51", "esc50"))
+    mf.add_argument("root", type=Path, help="folder of the media files (esc50: the audio folder)")
+    mf.add_argument("--annotations", type=Path,
+                    help="kinetics: the annotation CSV; ucf101/hmdb51: the splits folder; esc50: esc50.csv")
+    mf.add_argument("--split-id", type=int, default=1, help="ucf101/hmdb51 official split 1-3")
+    mf.add_argument("--no-labels", action="store_true", help="folder: do not take labels from parent folders")
+    mf.add_argument("--out", type=Path, required=True)
+    mf.set_defaults(func=_manifest)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -90,6 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        from .data.manifest import ManifestError
+        from .data.real import BadInput
+        if isinstance(e, (ManifestError, BadInput)):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

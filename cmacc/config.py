@@ -50,7 +50,19 @@ POOL_NEGATIVES = ("gradient", "feature", "key_gradient", "ohem", "random")
 
 @dataclass
 class DataConfig:
-    name: str = "synthetic"  # the built-in procedurally generated audio-visual dataset
+    name: str = "synthetic"  # synthetic (built in) | manifest (real videos listed in data.manifest)
+    # -- real videos --
+    manifest: str = ""  # CSV: path,label,split,start,end (see `cmacc manifest`)
+    split: str = "train"  # manifest split to pretrain on
+    scan: str = ""  # scan report from `cmacc scan`; empty: scan at start into <out>/scan.json
+    fps: float = 10.0  # frames per second sampled from the video (CM-ACC: 16 frames at 10 fps)
+    backend: str = "auto"  # auto (per file, from the scan) | pyav | dali_cpu | dali_gpu
+    on_missing_audio: str = "skip"  # skip | silence | error
+    on_corrupt: str = "skip"  # skip | error
+    cache_dir: str = ""  # log-mel feature cache; empty: ~/.cache/cmacc/mel
+    eval_clips: int = 10  # uniformly spaced clips per video in evaluation
+    dali_threads: int = 2
+    # -- the built-in synthetic dataset --
     num_classes: int = 32  # latent classes driving both modalities (never used in pretraining)
     train_size: int = 3072  # videos in the pretraining split
     probe_train_size: int = 1536  # held-out videos for fitting the linear probe
@@ -58,9 +70,21 @@ class DataConfig:
     frames: int = 8  # T, frames per clip
     size: int = 32  # H = W of a clip after the random resized crop
     mel_bands: int = 80  # log-mel bands; the audio encoder sees an (80 x T_a) signal
-    audio_frames: int = 32  # T_a, mel frames per clip (synchronised with the video clip)
+    audio_frames: int = 0  # T_a of a synthetic clip; 0 = 4 x frames (real videos: from fps and hop)
     nuisance: float = 0.35  # strength of the modality-specific nuisance variation
     num_workers: int = 0  # DataLoader worker processes
+
+
+@dataclass
+class AudioConfig:
+    """Log-mel parameters for real audio (librosa; recorded with every run)."""
+
+    sample_rate: int = 16000
+    n_fft: int = 512
+    win_length: int = 400  # 25 ms at 16 kHz
+    hop_length: int = 160  # 10 ms: 100 mel frames per second
+    fmin: float = 0.0
+    fmax: float = 8000.0
 
 
 @dataclass
@@ -117,6 +141,7 @@ class Config:
     queue_init: str = "clips"  # clips: K random clips through h (Alg. 1 l.3-5) | random: noise
     pool_refresh: int = 0  # steps between pool redraws; 0 = once per epoch (Alg. 1 l.7-9)
     data: DataConfig = field(default_factory=DataConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
@@ -133,10 +158,6 @@ class Config:
     @property
     def uses_pool(self) -> bool:
         return self.spec.negatives in POOL_NEGATIVES
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return max(1, self.data.train_size // self.M)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -163,7 +184,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method": tuple(METHODS),
     "lr_schedule": ("constant", "cosine"),
     "queue_init": ("clips", "random"),
-    "data.name": ("synthetic",),
+    "data.name": ("synthetic", "manifest"),
+    "data.backend": ("auto", "pyav", "dali_cpu", "dali_gpu"),
+    "data.on_missing_audio": ("skip", "silence", "error"),
+    "data.on_corrupt": ("skip", "error"),
     "model.video": VIDEO_PRESETS,
     "model.audio": AUDIO_PRESETS,
     "model.fc": ("method", "cross", "self", "none"),
@@ -368,9 +392,26 @@ def validate(cfg: Config) -> None:
     need(d.frames >= 1, "data.frames", f"must be >= 1, got {d.frames}")
     need(d.size >= 16, "data.size", f"crops smaller than 16 px do not survive the encoders' strides, got {d.size}")
     need(d.mel_bands >= 8, "data.mel_bands", f"must be >= 8, got {d.mel_bands}")
-    need(d.audio_frames >= 8, "data.audio_frames", f"must be >= 8, got {d.audio_frames}")
-    need(d.audio_frames % d.frames == 0, "data.audio_frames",
-         f"must be a multiple of data.frames={d.frames} so audio and video windows align, got {d.audio_frames}")
+    if d.name == "synthetic":
+        ta = d.audio_frames or 4 * d.frames
+        need(ta >= 8, "data.audio_frames", f"must be >= 8, got {ta}")
+        need(ta % d.frames == 0, "data.audio_frames",
+             f"must be a multiple of data.frames={d.frames} so audio and video windows align, got {ta}")
+    else:
+        need(bool(d.manifest), "data.manifest", "data.name=manifest needs the path of a manifest CSV")
+        need(Path(d.manifest).is_file(), "data.manifest", f"{d.manifest} does not exist")
+        need(not d.scan or Path(d.scan).is_file(), "data.scan", f"{d.scan} does not exist")
+        need(d.audio_frames == 0, "data.audio_frames",
+             "is derived for real videos (frames / fps seconds of mel frames); leave it 0")
+    need(d.fps > 0, "data.fps", f"must be positive, got {d.fps}")
+    need(d.eval_clips >= 1, "data.eval_clips", f"must be >= 1, got {d.eval_clips}")
+    need(d.dali_threads >= 1, "data.dali_threads", f"must be >= 1, got {d.dali_threads}")
+    a = cfg.audio
+    need(a.sample_rate >= 1000, "audio.sample_rate", f"must be >= 1000 Hz, got {a.sample_rate}")
+    need(0 < a.hop_length <= a.win_length <= a.n_fft, "audio.hop_length",
+         f"needs 0 < hop_length <= win_length <= n_fft, got {a.hop_length}, {a.win_length}, {a.n_fft}")
+    need(0 <= a.fmin < a.fmax <= a.sample_rate / 2, "audio.fmax",
+         f"needs 0 <= fmin < fmax <= sample_rate / 2, got fmin={a.fmin}, fmax={a.fmax}, sample_rate={a.sample_rate}")
     need(d.nuisance >= 0, "data.nuisance", f"must be >= 0, got {d.nuisance}")
     need(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
     need(mo.d >= 2, "model.d", f"must be >= 2, got {mo.d}")
@@ -382,13 +423,14 @@ def validate(cfg: Config) -> None:
     need(not (cfg.spec.objective == "self" and cfg.fc == "cross"), "model.fc",
          f"method={cfg.method} is unimodal: a cross-modal FC layer has no partner")
     need(cfg.sampler.temperature > 0, "sampler.temperature", f"must be positive, got {cfg.sampler.temperature}")
-    if cfg.uses_pool:
+    if cfg.uses_pool and d.name == "synthetic":
         need(d.train_size >= cfg.N, "N",
              f"pool size N={cfg.N} exceeds the dataset (data.train_size={d.train_size}); the pool holds distinct clips")
+    if cfg.uses_pool:
         need(cfg.N >= cfg.K + 2 * cfg.M, "N",
              f"method={cfg.method} picks M={cfg.M} per step from U \\ D minus the mini-batch: "
              f"needs N >= K + 2M = {cfg.K + 2 * cfg.M}, got N={cfg.N}")
-    if cfg.queue_init == "clips":
+    if cfg.queue_init == "clips" and d.name == "synthetic":
         need(d.train_size >= cfg.K, "queue_init",
              f"'clips' fills the queue with K={cfg.K} distinct clips but data.train_size={d.train_size}")
     need(cfg.probe.C > 0, "probe.C", f"must be positive, got {cfg.probe.C}")

@@ -13,6 +13,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from .data import ClipRequest
+from .data.real import Finisher, ManifestAV, collate
 
 
 @torch.no_grad()
@@ -20,12 +21,12 @@ def extract(f_v, f_a, dataset, device: torch.device, batch_size: int = 64, num_w
     """(video features n x C_v, audio features n x C_a, labels n) for every clip of ``dataset``."""
     was = f_v.training, f_a.training
     f_v.eval(), f_a.eval()
-    loader = torch.utils.data.DataLoader(
-        [ClipRequest(i, tag="eval") for i in range(len(dataset))], batch_size=batch_size,
-        collate_fn=lambda reqs: torch.utils.data.default_collate([dataset[r] for r in reqs]),
-        num_workers=num_workers)
+    reqs = [ClipRequest(i, tag="eval") for i in range(len(dataset))]
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=[reqs[i:i + batch_size] for i in range(0, len(reqs), batch_size)],
+                                         collate_fn=collate, num_workers=num_workers)
+    finish = Finisher(dataset if isinstance(dataset, ManifestAV) else None, device, max_batch=batch_size)
     fv, fa, ys = [], [], []
-    for b in loader:
+    for b in map(finish, loader):
         fv.append(f_v.features(b["video"].to(device)).float().cpu())
         fa.append(f_a.features(b["audio"].to(device)).float().cpu())
         ys.append(b["label"])

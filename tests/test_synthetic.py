@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from cmacc import probe
 from cmacc.data import ClipRequest, SyntheticAV
-from cmacc.data.synthetic import TAGS
+from cmacc.data.request import TAGS
 
 
 def test_shapes_dtypes_and_determinism():

@@ -1,5 +1,6 @@
 """Datasets that feed the training loop. Each returns dicts with ``video`` (3 x T x H x W),
-``audio`` (mel bands x T_a), ``index`` and, for diagnostics only, ``label``."""
-from .synthetic import ClipRequest, SyntheticAV
+``audio`` (mel bands x T_a, the same time span), ``index`` and, for diagnostics only, ``label``."""
+from .request import TAGS, ClipRequest
+from .synthetic import SyntheticAV
 
-__all__ = ["ClipRequest", "SyntheticAV"]
+__all__ = ["TAGS", "ClipRequest", "SyntheticAV"]

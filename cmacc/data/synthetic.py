@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .request import TAGS, ClipRequest
+
 VIDEO_MEAN, VIDEO_STD = 0.45, 0.25  # pixel normalisation after clipping to [0, 1]
 SPLITS = {"train": 0, "probe_train": 1, "probe_test": 2}
 _S = """
@@ -43,18 +45,6 @@ _S = """
 """
 # eight 5x5 glyphs: square, plus, X, bar, column, diamond, T, L
 SHAPES = np.array([[[c == "#" for c in row.split()[k]] for row in _S.strip().splitlines()] for k in range(8)])
-TAGS = {"train": 0, "pool": 1, "queue": 2, "eval": 3}
-
-
-@dataclass(frozen=True)
-class ClipRequest:
-    """Which clip to produce: video ``index``, augmentation stream ``(epoch, tag)``."""
-
-    index: int
-    epoch: int = 0
-    tag: str = "train"  # train | pool | queue: random augmentation;  eval: centred, none
-    modality: str | None = None  # "video" or "audio" to produce only that stream
-
 
 class SyntheticAV(torch.utils.data.Dataset):
     def __init__(self, size: int, *, num_classes: int = 32, seed: int = 0, split: str = "train",

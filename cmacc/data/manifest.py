@@ -1,0 +1,229 @@
+"""Dataset manifests: one plain CSV format, and builders from the common dataset layouts.
+
+Format (header required; only ``path`` is mandatory)::
+
+    path,label,split,start,end
+    videos/abseiling/x1.mp4,abseiling,train,,
+    /data/audioset/y2.mkv,,train,30.0,40.0
+
+``path`` is absolute or relative to the manifest's folder; ``label`` a class name (empty when
+unknown); ``split`` a free name (default ``train``); ``start``/``end`` an optional segment in
+seconds. Reading validates every line and names the file, line and column of anything wrong.
+Builders never drop a row silently: rows whose file is missing are returned separately.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+COLUMNS = ("path", "label", "split", "start", "end")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".ogv", ".3gp")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus")
+
+
+class ManifestError(ValueError):
+    """A manifest or dataset-layout file is malformed; the message names file, line and column."""
+
+
+@dataclass(frozen=True)
+class Row:
+    path: Path  # absolute
+    label: str | None = None
+    split: str = "train"
+    start: float | None = None
+    end: float | None = None
+
+
+@dataclass
+class Manifest:
+    rows: list[Row]
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def split(self, name: str) -> "Manifest":
+        return Manifest([r for r in self.rows if r.split == name], f"{self.source}[{name}]")
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({r.label for r in self.rows if r.label})
+
+    def write(self, path: str | Path) -> None:
+        from ..checkpoint import write_atomic
+        path = Path(path)
+        base = path.resolve().parent
+        lines = [",".join(COLUMNS)]
+        for r in self.rows:
+            try:
+                p = r.path.relative_to(base)
+            except ValueError:
+                p = r.path
+            fields = [str(p), r.label or "", r.split, "" if r.start is None else repr(r.start),
+                      "" if r.end is None else repr(r.end)]
+            lines.append(",".join(_quote(f) for f in fields))
+        write_atomic(path, "\n".join(lines) + "\n")
+
+
+def _quote(s: str) -> str:
+    return f'"{s}"' if ("," in s or '"' in s) and not s.startswith('"') else s
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest {path} does not exist")
+    base = path.resolve().parent
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise ManifestError(f"manifest {path} is empty (expected a header: {','.join(COLUMNS)})") from None
+        unknown = [h for h in header if h not in COLUMNS]
+        if unknown:
+            raise ManifestError(f"manifest {path}: unknown column(s) {unknown}; columns are {list(COLUMNS)}")
+        if "path" not in header:
+            raise ManifestError(f"manifest {path}: no 'path' column in header {header}")
+        rows = []
+        for lineno, values in enumerate(reader, start=2):
+            if not values or all(not v.strip() for v in values):
+                continue
+            if len(values) != len(header):
+                raise ManifestError(f"manifest {path} line {lineno}: {len(values)} fields, header has {len(header)}")
+            rec = dict(zip(header, (v.strip() for v in values)))
+            if not rec["path"]:
+                raise ManifestError(f"manifest {path} line {lineno}: empty 'path'")
+            times = {}
+            for col in ("start", "end"):
+                v = rec.get(col, "")
+                try:
+                    times[col] = float(v) if v else None
+                except ValueError:
+                    raise ManifestError(f"manifest {path} line {lineno}: column '{col}' is not a number: {v!r}") from None
+                if times[col] is not None and times[col] < 0:
+                    raise ManifestError(f"manifest {path} line {lineno}: column '{col}' is negative: {v}")
+            if times["start"] is not None and times["end"] is not None and times["end"] <= times["start"]:
+                raise ManifestError(f"manifest {path} line {lineno}: end {times['end']} <= start {times['start']}")
+            p = Path(rec["path"])
+            rows.append(Row((p if p.is_absolute() else base / p), rec.get("label") or None,
+                            rec.get("split") or "train", times["start"], times["end"]))
+    return Manifest(rows, str(path))
+
+
+# ---------------------------------------------------------------- builders
+def from_folder(root: str | Path, *, label_from_parent: bool = True, split: str = "train",
+                extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> Manifest:
+    """Every file under ``root`` (recursive) with a media extension; label = parent folder name."""
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise ManifestError(f"folder {root} does not exist")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+    return Manifest([Row(p, p.parent.name if (label_from_parent and p.parent != root) else None, split)
+                     for p in files], str(root))
+
+
+def _find(root: Path, stems: list[str], index: dict[str, Path]) -> Path | None:
+    for s in stems:
+        if s in index:
+            return index[s]
+    return None
+
+
+def from_kinetics(csv_path: str | Path, root: str | Path) -> tuple[Manifest, list[dict]]:
+    """Kinetics annotations (label,youtube_id,time_start,time_end,split[,...]) + a video folder.
+
+    Files are found anywhere under ``root`` by stem, either trimmed clips named
+    ``<id>_<start:06d>_<end:06d>`` (the usual downloaders; no start/end recorded) or whole
+    videos named ``<id>`` (the segment becomes start/end). Returns (manifest, missing rows).
+    """
+    csv_path, root = Path(csv_path), Path(root).resolve()
+    index = {p.stem: p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS}
+    rows, missing = [], []
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        need = {"label", "youtube_id", "time_start", "time_end"}
+        if not need <= set(reader.fieldnames or ()):
+            raise ManifestError(f"{csv_path}: Kinetics CSV needs columns {sorted(need)}, has {reader.fieldnames}")
+        for lineno, rec in enumerate(reader, start=2):
+            try:
+                t0, t1 = int(float(rec["time_start"])), int(float(rec["time_end"]))
+            except ValueError:
+                raise ManifestError(f"{csv_path} line {lineno}: time_start/time_end not numbers") from None
+            yid, split = rec["youtube_id"], rec.get("split") or "train"
+            trimmed = _find(root, [f"{yid}_{t0:06d}_{t1:06d}"], index)
+            if trimmed is not None:
+                rows.append(Row(trimmed, rec["label"], split))
+            elif yid in index:
+                rows.append(Row(index[yid], rec["label"], split, float(t0), float(t1)))
+            else:
+                missing.append({"line": lineno, "youtube_id": yid, "label": rec["label"], "split": split})
+    return Manifest(rows, str(csv_path)), missing
+
+
+def from_ucf101(root: str | Path, splits_dir: str | Path, split_id: int = 1) -> tuple[Manifest, list[dict]]:
+    """UCF101: ``classInd.txt`` and ``trainlist0k.txt`` / ``testlist0k.txt`` (k = split_id)."""
+    root, sd = Path(root).resolve(), Path(splits_dir)
+    classes = {}
+    for lineno, line in enumerate(_lines(sd / "classInd.txt"), start=1):
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise ManifestError(f"{sd / 'classInd.txt'} line {lineno}: expected '<index> <class>', got {line!r}")
+        classes[parts[1]] = int(parts[0])
+    rows, missing = [], []
+    for split in ("train", "test"):
+        f = sd / f"{split}list{split_id:02d}.txt"
+        for lineno, line in enumerate(_lines(f), start=1):
+            rel = line.split()[0]
+            label = rel.split("/")[0]
+            if label not in classes:
+                raise ManifestError(f"{f} line {lineno}: class {label!r} is not in classInd.txt")
+            p = root / rel
+            (rows.append(Row(p, label, split)) if p.is_file()
+             else missing.append({"file": str(f), "line": lineno, "path": rel}))
+    return Manifest(rows, str(sd)), missing
+
+
+def from_hmdb51(root: str | Path, splits_dir: str | Path, split_id: int = 1) -> tuple[Manifest, list[dict]]:
+    """HMDB51: ``<class>_test_split<k>.txt`` lines '<video> <1|2|0>' (train / test / unused)."""
+    root, sd = Path(root).resolve(), Path(splits_dir)
+    files = sorted(sd.glob(f"*_test_split{split_id}.txt"))
+    if not files:
+        raise ManifestError(f"{sd}: no *_test_split{split_id}.txt files")
+    rows, missing = [], []
+    for f in files:
+        label = f.name[: -len(f"_test_split{split_id}.txt")]
+        for lineno, line in enumerate(_lines(f), start=1):
+            parts = line.split()
+            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                raise ManifestError(f"{f} line {lineno}: expected '<video> <0|1|2>', got {line!r}")
+            if parts[1] == "0":
+                continue  # not part of this split, by the dataset's definition
+            p = root / label / parts[0]
+            split = "train" if parts[1] == "1" else "test"
+            (rows.append(Row(p, label, split)) if p.is_file()
+             else missing.append({"file": str(f), "line": lineno, "path": str(p)}))
+    return Manifest(rows, str(sd)), missing
+
+
+def from_esc50(csv_path: str | Path, audio_dir: str | Path) -> tuple[Manifest, list[dict]]:
+    """ESC-50 ``meta/esc50.csv`` (filename,fold,target,category,...); split = 'fold<k>'."""
+    csv_path, audio_dir = Path(csv_path), Path(audio_dir).resolve()
+    rows, missing = [], []
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        need = {"filename", "fold", "category"}
+        if not need <= set(reader.fieldnames or ()):
+            raise ManifestError(f"{csv_path}: ESC-50 CSV needs columns {sorted(need)}, has {reader.fieldnames}")
+        for lineno, rec in enumerate(reader, start=2):
+            p = audio_dir / rec["filename"]
+            (rows.append(Row(p, rec["category"], f"fold{rec['fold']}")) if p.is_file()
+             else missing.append({"line": lineno, "path": str(p)}))
+    return Manifest(rows, str(csv_path)), missing
+
+
+def _lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise ManifestError(f"{path} does not exist")
+    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
