@@ -9,26 +9,8 @@ from functools import partial
 
 from torch import nn
 
+from .blocks import kaiming_init, stages
 from .norm import SplitBatchNorm
-
-
-class BasicBlock1d(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, norm) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv1d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = norm(cout)
-        self.conv2 = nn.Conv1d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = norm(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.down = None
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv1d(cin, cout, 1, stride, bias=False), norm(cout))
-
-    def forward(self, x):
-        identity = x if self.down is None else self.down(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
 
 
 class ResNet1d(nn.Module):
@@ -45,17 +27,10 @@ class ResNet1d(nn.Module):
             norm(widths[0]), nn.ReLU(inplace=True),
             nn.MaxPool1d(3, 2, 1) if max_pool else nn.Identity(),
         )
-        layers, cin = [], widths[0]
-        for i, (w, n) in enumerate(zip(widths, blocks)):
-            for j in range(n):
-                layers.append(BasicBlock1d(cin, w, 2 if (i > 0 and j == 0) else 1, norm))
-                cin = w
-        self.layers = nn.Sequential(*layers)
+        self.layers = stages(nn.Conv1d, widths, blocks, norm)
         self.pool = nn.AdaptiveAvgPool1d(1)
-        self.out_dim = cin
-        for mod in self.modules():
-            if isinstance(mod, nn.Conv1d):
-                nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
+        self.out_dim = widths[-1]
+        kaiming_init(self, nn.Conv1d)
 
     def forward(self, x):  # x: B x 80 x T
         if x.dim() != 3 or x.shape[1] != self.in_channels:

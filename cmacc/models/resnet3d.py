@@ -10,28 +10,8 @@ from functools import partial
 
 from torch import nn
 
+from .blocks import kaiming_init, stages
 from .norm import SplitBatchNorm
-
-
-class BasicBlock3d(nn.Module):
-    expansion = 1
-
-    def __init__(self, cin: int, cout: int, stride: int, norm) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv3d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = norm(cout)
-        self.conv2 = nn.Conv3d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = norm(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.down = None
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv3d(cin, cout, 1, stride, bias=False), norm(cout))
-
-    def forward(self, x):
-        identity = x if self.down is None else self.down(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
 
 
 class ResNet3d(nn.Module):
@@ -48,17 +28,10 @@ class ResNet3d(nn.Module):
             norm(widths[0]), nn.ReLU(inplace=True),
             nn.MaxPool3d(3, 2, 1) if max_pool else nn.Identity(),
         )
-        layers, cin = [], widths[0]
-        for i, (w, n) in enumerate(zip(widths, blocks)):
-            for j in range(n):
-                layers.append(BasicBlock3d(cin, w, 2 if (i > 0 and j == 0) else 1, norm))
-                cin = w
-        self.layers = nn.Sequential(*layers)
+        self.layers = stages(nn.Conv3d, widths, blocks, norm)
         self.pool = nn.AdaptiveAvgPool3d(1)
-        self.out_dim = cin
-        for mod in self.modules():
-            if isinstance(mod, nn.Conv3d):
-                nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
+        self.out_dim = widths[-1]
+        kaiming_init(self, nn.Conv3d)
 
     def forward(self, x):  # x: B x 3 x T x H x W
         if x.dim() != 5:

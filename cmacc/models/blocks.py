@@ -1,0 +1,45 @@
+"""The ResNet BasicBlock (He et al., 2016), for any convolution dimensionality."""
+from __future__ import annotations
+
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    """conv3-BN-ReLU-conv3-BN plus the (projected, "type B") shortcut, then ReLU.
+
+    ``conv`` is nn.Conv1d (audio) or nn.Conv3d (video); ``norm`` builds a BatchNorm.
+    """
+
+    def __init__(self, conv, cin: int, cout: int, stride: int, norm) -> None:
+        super().__init__()
+        self.conv1 = conv(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = norm(cout)
+        self.conv2 = conv(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = norm(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(conv(cin, cout, 1, stride, bias=False), norm(cout))
+
+    def forward(self, x):
+        identity = x if self.down is None else self.down(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+def stages(conv, widths, blocks, norm) -> nn.Sequential:
+    """Four ResNet stages: ``blocks[i]`` BasicBlocks of width ``widths[i]``, stride 2 entering
+    every stage but the first."""
+    layers, cin = [], widths[0]
+    for i, (w, n) in enumerate(zip(widths, blocks)):
+        for j in range(n):
+            layers.append(BasicBlock(conv, cin, w, 2 if (i > 0 and j == 0) else 1, norm))
+            cin = w
+    return nn.Sequential(*layers)
+
+
+def kaiming_init(module: nn.Module, conv) -> None:
+    for mod in module.modules():
+        if isinstance(mod, conv):
+            nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
