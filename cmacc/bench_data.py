@@ -137,7 +137,7 @@ def main(args) -> int:
         steps = []
         for backend in ("pyav", "auto"):
             steps.append(bench_step(tmp / "files.csv", tmp, backend, args.steps, device))
-        print(f"training step (xmoco, tiny encoders, M=8): data vs compute seconds per step")
+        print("training step (xmoco, tiny encoders, M=8): data vs compute seconds per step")
         for s in steps:
             print(f"  data.backend={s['backend']:<5} data {s['data_s_per_step']:.3f}s  compute {s['compute_s_per_step']:.3f}s")
         if args.json:

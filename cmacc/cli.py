@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(func=_pretrain)
 
-    b = sub.add_parser("bench", help="benchmarks (sampler throughput)")
+    b = sub.add_parser("bench", help="benchmarks: sampler throughput, data loading")
     bsub = b.add_subparsers(dest="what", required=True)
     bs = bsub.add_parser("sampler", help="one modality's active selection: materialised vs factorised vs Triton")
     bs.add_argument("--device", default="cuda" if _cuda() else "cpu", help="cpu | cuda | cuda:N")

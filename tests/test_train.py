@@ -52,7 +52,7 @@ def test_resume_reproduces_uninterrupted_losses(tmp_path, method):
 
 
 def test_summary_and_outputs(tmp_path):
-    s = pretrain(tiny(), tmp_path / "r")
+    pretrain(tiny(), tmp_path / "r")
     out = tmp_path / "r"
     for f in ("config.yaml", "run.json", "metrics.jsonl", "summary.json", "checkpoints/last.pt"):
         assert (out / f).is_file(), f

@@ -26,7 +26,6 @@ a clip's augmentation from (seed, epoch, index, tag).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
