@@ -24,6 +24,7 @@ from .data.video import DaliDecoder, augment, decode_pyav, frame_indices, plan_c
 
 
 def generated_files(folder: Path, n: int = 8, seconds: float = 6.0, size=(320, 240)) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
     files = []
     for codec in ("vp9", "h264"):
         for i in range(n):
