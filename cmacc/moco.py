@@ -128,13 +128,13 @@ class CrossModalMoCo(nn.Module):
         pairs = []
         for h, f in ((self.h_v, self.f_v), (self.h_a, self.f_a)):
             for mod_k, mod_q in ((h.backbone, f.backbone), (h.proj, f.proj)):
-                pairs += list(zip(mod_k.parameters(), mod_q.parameters()))
+                pairs += list(zip(mod_k.parameters(), mod_q.parameters(), strict=True))
         if self.fc == "cross":  # h_a's FC follows f_v's FC; h_v's FC follows f_a's FC
-            pairs += list(zip(self.h_a.fc.parameters(), self.f_v.fc.parameters()))
-            pairs += list(zip(self.h_v.fc.parameters(), self.f_a.fc.parameters()))
+            pairs += list(zip(self.h_a.fc.parameters(), self.f_v.fc.parameters(), strict=True))
+            pairs += list(zip(self.h_v.fc.parameters(), self.f_a.fc.parameters(), strict=True))
         elif self.fc == "self":
-            pairs += list(zip(self.h_v.fc.parameters(), self.f_v.fc.parameters()))
-            pairs += list(zip(self.h_a.fc.parameters(), self.f_a.fc.parameters()))
+            pairs += list(zip(self.h_v.fc.parameters(), self.f_v.fc.parameters(), strict=True))
+            pairs += list(zip(self.h_a.fc.parameters(), self.f_a.fc.parameters(), strict=True))
         return pairs
 
     @torch.no_grad()

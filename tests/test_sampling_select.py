@@ -147,6 +147,35 @@ def test_random_embedding_is_uniform():
     assert p > 1e-3
 
 
+def _class_prototype_pool(C, per_class, M, d, sigma, gen):
+    """Pool keys that are C class prototypes plus noise; queries from a few of the classes."""
+    centres = torch.nn.functional.normalize(torch.randn(C, d, generator=gen), dim=1)
+    labels = torch.arange(C * per_class) % C
+    keys = centres[labels] + sigma * torch.randn(len(labels), d, generator=gen)
+    q_labels = torch.randint(0, C, (M,), generator=gen)
+    queries = centres[q_labels] + sigma * torch.randn(M, d, generator=gen)
+    norm = torch.nn.functional.normalize
+    return norm(keys, dim=1), norm(queries, dim=1), labels
+
+
+def test_diversity_samplers_cover_every_class_of_a_clustered_pool():
+    """The paper's Fig. 2 property on keys that are pure class prototypes: k-means++ seeding
+    (gradient, feature, key_gradient) picks one clip of every class; uniform draws and OHEM do not."""
+    C, M, d, trials = 16, 16, 32, 6
+    gen = torch.Generator().manual_seed(0)
+    covered = {e: [] for e in ("gradient", "feature", "key_gradient", "random", "ohem")}
+    for _ in range(trials):
+        keys, queries, labels = _class_prototype_pool(C, 24, M, d, 0.0, gen)
+        for embedding, got in covered.items():
+            picks = select(keys, queries, M, embedding=embedding, generator=gen)
+            got.append(len(labels[picks].unique()))
+    for embedding in ("gradient", "feature", "key_gradient"):
+        assert covered[embedding] == [C] * trials, (embedding, covered[embedding])
+    # uniform draws of 16 from 16 equal classes cover 16 * (1 - (15/16)^16) ~ 10.3 on average
+    assert max(covered["random"]) < C and sum(covered["random"]) / trials < 12.5
+    assert max(covered["ohem"]) <= 3  # the hardest negatives of a clustered pool share a class
+
+
 def test_select_rejects_bad_input():
     k, Q = unit_rows(10, 4, seed=1), unit_rows(3, 4, seed=2)
     with pytest.raises(ValueError, match="only 2 of 10"):

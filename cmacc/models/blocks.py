@@ -32,7 +32,7 @@ def stages(conv, widths, blocks, norm) -> nn.Sequential:
     """Four ResNet stages: ``blocks[i]`` BasicBlocks of width ``widths[i]``, stride 2 entering
     every stage but the first."""
     layers, cin = [], widths[0]
-    for i, (w, n) in enumerate(zip(widths, blocks)):
+    for i, (w, n) in enumerate(zip(widths, blocks, strict=True)):
         for j in range(n):
             layers.append(BasicBlock(conv, cin, w, 2 if (i > 0 and j == 0) else 1, norm))
             cin = w
