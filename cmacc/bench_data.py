@@ -39,17 +39,19 @@ def bench_decode(records, clips_per_file: int, frames: int, fps: float, crop: in
         for _ in range(clips_per_file):
             plans.append((r, plan_clip(begin=r.start_time or 0.0, end=(r.start_time or 0.0) + r.duration, frames=frames,
                                        fps=fps, aspect=r.width / r.height, rng=rng)))
+    decodes = {"pyav": lambda r: True, "dali_cpu": lambda r: r.backend_cpu == "dali_cpu",
+               "dali_gpu": lambda r: r.backend_gpu == "dali_gpu"}
     backends = ["pyav", "dali_cpu"] + (["dali_gpu"] if device.startswith("cuda") else [])
     rows = []
     for backend in backends:
-        ok = {"pyav": lambda r: True, "dali_cpu": lambda r: r.backend_cpu == "dali_cpu",
-              "dali_gpu": lambda r: r.backend_gpu == "dali_gpu"}[backend]
-        for subset in ("dali_cpu-decodable", "all"):
-            todo = [(r, p) for r, p in plans if ok(r) and (subset == "all" or r.backend_cpu == "dali_cpu")]
+        every = [(r, p) for r, p in plans if decodes[backend](r)]
+        common = [(r, p) for r, p in every if r.backend_cpu == "dali_cpu"]  # what every backend decodes
+        subsets = [("dali_cpu-decodable", common)]
+        if backend == "pyav" or len(every) != len(common):
+            subsets.append(("all", every))
+        for subset, todo in subsets:
             if not todo:
                 continue
-            if backend != "pyav" and subset == "all" and len(todo) == len([1 for r, _ in plans if r.backend_cpu == "dali_cpu"]):
-                continue  # same set as the other row
             try:
                 t_dec, t_all = _time_backend(backend, todo, crop, device, batch)
             except ImportError as e:

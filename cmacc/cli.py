@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config, resume_config
+from .errors import InputError
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -167,16 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ConfigError, FileExistsError, FileNotFoundError) as e:
+    except (InputError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:
-        from .data.manifest import ManifestError
-        from .data.real import BadInput
-        if isinstance(e, (ManifestError, BadInput)):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

@@ -20,8 +20,10 @@ from typing import Any
 
 import yaml
 
+from .errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError, ValueError):
     """A configuration key, type or value is wrong; the message names the key."""
 
 

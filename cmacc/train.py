@@ -14,6 +14,7 @@ import math
 import signal
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,8 +28,8 @@ from .config import Config, ConfigError, dump_yaml
 from .data import ClipRequest
 from .data.build import Data, build_data
 from .data.real import Finisher, ManifestAV, collate
-from .models import build_encoder
 from .moco import CrossModalMoCo, SamplerOptions
+from .models import build_encoder
 from .sampling import resolve_backend
 
 log = logging.getLogger("cmacc")
@@ -104,14 +105,14 @@ class Feed:
         loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
                                              collate_fn=collate, prefetch_factor=4 if self.num_workers else None)
         for b in loader:
-            b = self.finish(b)
-            if b["skipped"] and self.skip_log is not None:
-                self.skip_log(b["skipped"])
-            yield b
+            yield self._finish(b)
 
     def one(self, requests: list[ClipRequest]) -> dict:
         """One batch, loaded in this process (picks to re-encode)."""
-        b = self.finish(collate([self.dataset[r] for r in requests]))
+        return self._finish(collate([self.dataset[r] for r in requests]))
+
+    def _finish(self, batch: dict) -> dict:
+        b = self.finish(batch)
         if b["skipped"] and self.skip_log is not None:
             self.skip_log(b["skipped"])
         return b
@@ -407,7 +408,6 @@ def finish(cfg: Config, out: Path, model: CrossModalMoCo, data: Data, device, ba
                    train_clips=len(data.probe_train), test_clips=len(data.probe_test),
                    chance=100.0 / n_cls, seconds=time.perf_counter() - t0)
         summary["probe"] = res
-    from collections import Counter
     summary["data"] = {**{k: v for k, v in data.info.items() if k != "excluded"},
                        "left_out": data.info.get("excluded", []),
                        "skipped_while_training": len(skips),

@@ -42,11 +42,8 @@ def media_dir() -> Path | None:
 
 
 def has_dali() -> bool:
-    try:
-        import nvidia.dali  # noqa: F401
-        return True
-    except ImportError:
-        return False
+    from cmacc.data.real import dali_available
+    return dali_available()
 
 
 @pytest.fixture(scope="session")

@@ -14,15 +14,18 @@ Builders never drop a row silently: rows whose file is missing are returned sepa
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..errors import InputError
 
 COLUMNS = ("path", "label", "split", "start", "end")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".ogv", ".3gp")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus")
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError, ValueError):
     """A manifest or dataset-layout file is malformed; the message names file, line and column."""
 
 
@@ -54,20 +57,17 @@ class Manifest:
         from ..checkpoint import write_atomic
         path = Path(path)
         base = path.resolve().parent
-        lines = [",".join(COLUMNS)]
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(COLUMNS)
         for r in self.rows:
             try:
                 p = r.path.relative_to(base)
             except ValueError:
                 p = r.path
-            fields = [str(p), r.label or "", r.split, "" if r.start is None else repr(r.start),
-                      "" if r.end is None else repr(r.end)]
-            lines.append(",".join(_quote(f) for f in fields))
-        write_atomic(path, "\n".join(lines) + "\n")
-
-
-def _quote(s: str) -> str:
-    return f'"{s}"' if ("," in s or '"' in s) and not s.startswith('"') else s
+            w.writerow([str(p), r.label or "", r.split, "" if r.start is None else repr(r.start),
+                        "" if r.end is None else repr(r.end)])
+        write_atomic(path, buf.getvalue())
 
 
 def read_manifest(path: str | Path) -> Manifest:
@@ -124,13 +124,6 @@ def from_folder(root: str | Path, *, label_from_parent: bool = True, split: str 
                      for p in files], str(root))
 
 
-def _find(root: Path, stems: list[str], index: dict[str, Path]) -> Path | None:
-    for s in stems:
-        if s in index:
-            return index[s]
-    return None
-
-
 def from_kinetics(csv_path: str | Path, root: str | Path) -> tuple[Manifest, list[dict]]:
     """Kinetics annotations (label,youtube_id,time_start,time_end,split[,...]) + a video folder.
 
@@ -152,7 +145,7 @@ def from_kinetics(csv_path: str | Path, root: str | Path) -> tuple[Manifest, lis
             except ValueError:
                 raise ManifestError(f"{csv_path} line {lineno}: time_start/time_end not numbers") from None
             yid, split = rec["youtube_id"], rec.get("split") or "train"
-            trimmed = _find(root, [f"{yid}_{t0:06d}_{t1:06d}"], index)
+            trimmed = index.get(f"{yid}_{t0:06d}_{t1:06d}")
             if trimmed is not None:
                 rows.append(Row(trimmed, rec["label"], split))
             elif yid in index:

@@ -17,23 +17,33 @@ the same augmentation. Audio: whole-file log-mel from the on-disk cache, sliced 
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import InputError
 from .audio import MelCache, MelSpec, NoAudio, window
 from .manifest import Manifest
-from .scan import ScanRecord, choose_backend
 from .request import TAGS, ClipRequest
-from .video import ClipPlan, DaliDecoder, DecodeError, augment, decode_pyav, frame_indices, plan_clip
+from .scan import DALI_CPU_CODECS, UNUSABLE, ScanRecord, choose_backend
+from .video import (
+    ClipPlan,
+    DaliDecoder,
+    DecodeError,
+    augment,
+    decode_pyav,
+    frame_indices,
+    plan_clip,
+)
 
 BACKENDS = ("auto", "pyav", "dali_cpu", "dali_gpu")
-_CORRUPT = ("missing", "zero-length", "corrupt", "no-video", "too-short")
+_CORRUPT = tuple(p for p in UNUSABLE if p != "no-audio")  # no-audio follows on_missing_audio
 
 
-class BadInput(RuntimeError):
+class BadInput(InputError, RuntimeError):
     """A data file violates the bad-input policy in force; the message names it and why."""
 
 
@@ -130,7 +140,7 @@ class ManifestAV(torch.utils.data.Dataset):
             b = backend if backend != "auto" else (choose_backend(rec, gpu) or "pyav")
             if b.startswith("dali") and not have_dali:
                 b = "pyav"  # auto only: DALI is optional
-            if b == "dali_cpu" and (rec.video_codec not in ("vp8", "vp9", "mjpeg") or rec.vfr):
+            if b == "dali_cpu" and (rec.video_codec not in DALI_CPU_CODECS or rec.vfr):
                 raise BadInput(f"{row.path}: data.backend=dali_cpu cannot decode {rec.video_codec}"
                                f"{' (variable frame rate)' if rec.vfr else ''}; use auto or pyav")
             self.items.append(_Item(n, row.path, cls.get(row.label, -1) if row.label else -1, rec, begin, end, b,
@@ -148,7 +158,6 @@ class ManifestAV(torch.utils.data.Dataset):
         return self.mel.frames(self.T / self.fps)
 
     def backends(self) -> dict[str, int]:
-        from collections import Counter
         return dict(Counter(it.backend for it in self.items))
 
     # ---- one clip ----
@@ -273,8 +282,9 @@ class Finisher:
                     sub = self.dataset.substitute(d.request, str(o), force_pyav=True)
                     skipped += sub.get("skipped", [])
                     batch[d.key][d.position] = sub[d.key]
-                    if d.key.replace("video", "audio") in batch:  # keep the pair from one clip
-                        batch[d.key.replace("video", "audio")][d.position] = sub[d.key.replace("video", "audio")]
+                    audio_key = d.key.replace("video", "audio")
+                    if audio_key in batch:  # keep the pair from one clip
+                        batch[audio_key][d.position] = sub[audio_key]
                     batch["index"][d.position] = sub["index"]
                     batch["label"][d.position] = sub["label"]
                 else:

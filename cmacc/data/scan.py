@@ -16,8 +16,8 @@ the GPU (NVDEC); everything else (MPEG-4 part 2, AV1, VFR, H.264 without a GPU) 
 from __future__ import annotations
 
 import json
-import math
 import os
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -233,7 +233,6 @@ def read_report(path: str | Path) -> dict[str, ScanRecord]:
 
 
 def summarize(records: list[ScanRecord]) -> str:
-    from collections import Counter
     n = len(records)
     ok = sum(r.usable for r in records)
     lines = [f"scanned {n} files: {ok} usable, {n - ok} unusable"]
@@ -259,7 +258,3 @@ def summarize(records: list[ScanRecord]) -> str:
 
 def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 1)))
-
-
-def is_finite(x) -> bool:
-    return x is not None and math.isfinite(x)

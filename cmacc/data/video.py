@@ -49,8 +49,7 @@ def plan_clip(*, begin: float, end: float, frames: int, fps: float, aspect: floa
     room = max(0.0, (end - begin) - span)
     if rng is None:
         t0 = begin + room * (clip_index + 0.5) / num_clips if num_clips > 1 else begin + room / 2
-        side = min(1.0, aspect), min(1.0, 1.0 / aspect)  # centre square: (h, w) = min(H, W) / (H, W)
-        crop = ((1 - side[0]) / 2, (1 - side[1]) / 2, side[0], side[1])
+        crop = _centre_square(aspect)
         flip = gray = False
     else:
         t0 = begin + float(rng.uniform(0.0, room)) if room > 0 else begin
@@ -63,11 +62,16 @@ def plan_clip(*, begin: float, end: float, frames: int, fps: float, aspect: floa
                 crop = (float(rng.uniform(0, 1 - h)), float(rng.uniform(0, 1 - w)), h, w)
                 break
         else:
-            side = min(1.0, aspect), min(1.0, 1.0 / aspect)
-            crop = ((1 - side[0]) / 2, (1 - side[1]) / 2, side[0], side[1])
+            crop = _centre_square(aspect)
         flip, gray = bool(rng.random() < p_flip), bool(rng.random() < p_gray)
     times = tuple(t0 + i / fps for i in range(frames))
     return ClipPlan(t0, times, crop, flip, gray)
+
+
+def _centre_square(aspect: float) -> tuple[float, float, float, float]:
+    """The largest centred square of a frame of ``aspect`` = W / H: (h, w) = min(H, W) / (H, W)."""
+    h, w = min(1.0, aspect), min(1.0, 1.0 / aspect)
+    return ((1 - h) / 2, (1 - w) / 2, h, w)
 
 
 def frame_indices(times, v0: float, fps_src: float, n_frames: int | None) -> np.ndarray:
