@@ -134,7 +134,8 @@ def format_table(rows: list[dict]) -> str:
         if "skipped" in r:
             lines.append(f"{r['impl']:<13}  skipped: {r['skipped']}")
             continue
-        sp = ", ".join(f"{v:.1f}x vs {k[11:]}" for k, v in r.items() if k.startswith("speedup_vs_"))
+        sp = ", ".join(f"{v:.1f}x vs {k[11:]}" if v >= 1 else f"{v:.3f}x vs {k[11:]}"
+                       for k, v in r.items() if k.startswith("speedup_vs_"))
         same = "" if "same_picks_as_factorised" not in r else (
             "; same picks" if r["same_picks_as_factorised"] else "; DIFFERENT picks")
         lines.append(f"{r['impl']:<13}{1e3 * r['time_s']:>14.2f}{r['candidates_per_s'] / 1e6:>10.3f}"
