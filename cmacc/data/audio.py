@@ -112,7 +112,10 @@ def logmel(y: np.ndarray, spec: MelSpec) -> np.ndarray:
         y=y, sr=spec.sample_rate, n_fft=spec.n_fft, hop_length=spec.hop_length, win_length=spec.win_length,
         window=spec.window, center=spec.center, power=spec.power, n_mels=spec.n_mels, fmin=spec.fmin,
         fmax=spec.fmax, htk=spec.htk, norm=spec.norm)
-    return librosa.power_to_db(S, ref=1.0, amin=spec.amin, top_db=None).astype(np.float32)
+    db = librosa.power_to_db(S, ref=1.0, amin=spec.amin, top_db=None)
+    # float32 S turns amin into 10 log10(float32(1e-10)) = -100.0000076 dB: clamp to the floor that
+    # window() pads with, so silence and padding are the same value
+    return np.maximum(db, spec.floor_db).astype(np.float32)
 
 
 def window(mel: np.ndarray, t0: float, seconds: float, spec: MelSpec) -> np.ndarray:
