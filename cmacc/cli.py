@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -12,28 +13,40 @@ from .errors import InputError
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    from . import dist
     from .train import NonFiniteLoss, pretrain  # heavy imports after argument parsing
 
     if args.resume:
         if args.out is None:
             raise ConfigError("--resume needs --out DIR, the folder of the run to continue")
-        out = Path(args.out)
-        cfg = resume_config(out / "config.yaml", args.config, args.set)
+        cfg = resume_config(Path(args.out) / "config.yaml", args.config, args.set)
     else:
         cfg = load_config(args.config, args.set)
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path(args.out) if args.out else Path("runs") / f"{cfg.method}-{stamp}"
-    print(f"cmacc pretrain: method={cfg.method} M={cfg.M} K={cfg.K} N={cfg.N} m={cfg.m} tau={cfg.tau} "
-          f"steps={cfg.steps} -> {out}", file=sys.stderr)
+    comm = dist.init(cfg.run.device, cfg.run.dist_timeout)  # torchrun / srun, or world size 1
     try:
-        summary = pretrain(cfg, out, resume=args.resume)
-    except NonFiniteLoss as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        if not comm.is_main:
+            logging.getLogger("cmacc").setLevel(logging.WARNING)
+        stamp = comm.broadcast_object(datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))  # one folder
+        out = Path(args.out) if args.out else Path("runs") / f"{cfg.method}-{stamp}"
+        if comm.is_main:
+            world = f" on {comm.world} ranks ({cfg.M // comm.world} clips each)" if comm.distributed else ""
+            print(f"cmacc pretrain: method={cfg.method} M={cfg.M} K={cfg.K} N={cfg.N} m={cfg.m} tau={cfg.tau} "
+                  f"steps={cfg.steps}{world} -> {out}", file=sys.stderr)
+        try:
+            summary = pretrain(cfg, out, resume=args.resume, comm=comm)
+        except (NonFiniteLoss, dist.CommError) as e:
+            print(f"error: {e}" if isinstance(e, dist.CommError) or not comm.distributed
+                  else f"error (rank {comm.rank}): {e}", file=sys.stderr)
+            return 1
+    finally:
+        comm.close()
     if "stopped_at" in summary:
-        print(f"stopped by {summary['signal']} at step {summary['stopped_at']}; continue with "
-              f"`cmacc pretrain --out {out} --resume`", file=sys.stderr)
+        if comm.is_main:
+            print(f"stopped by {summary['signal']} at step {summary['stopped_at']}; continue with "
+                  f"`cmacc pretrain --out {out} --resume`", file=sys.stderr)
         return 130 if summary["signal"] == "SIGINT" else 143
+    if not comm.is_main:
+        return 0
     neg, p, data = summary["negatives"], summary["probe"], summary["data"]
     lines = [f"method {summary['method']}: {summary['steps']} steps, final loss {summary['final_loss']:.3f}"]
     if neg["mean_categories"] is not None:
@@ -70,6 +83,11 @@ def _bench_sampler(args: argparse.Namespace) -> int:
 def _bench_data(args: argparse.Namespace) -> int:
     from . import bench_data
     return bench_data.main(args)
+
+
+def _bench_dist(args: argparse.Namespace) -> int:
+    from . import bench_dist
+    return bench_dist.main(args)
 
 
 def _scan(args: argparse.Namespace) -> int:
@@ -145,6 +163,17 @@ def main(argv: list[str] | None = None) -> int:
     bd.add_argument("--device", default="cuda" if _cuda() else "cpu")
     bd.add_argument("--json", help="append result rows (with device, versions, git revision) to this file")
     bd.set_defaults(func=_bench_data)
+    bt = bsub.add_parser("dist", help="pretraining steps/s and time in collectives: 1 rank vs W ranks (torchrun, CPU)")
+    bt.add_argument("--world", default="1,2", help="comma list of rank counts (default 1,2)")
+    bt.add_argument("--threads", default="1", help="torch threads per rank, one value or one per --world entry")
+    bt.add_argument("--method", default="cmacc")
+    bt.add_argument("--steps", type=int, default=40, help="steps per run (default 40)")
+    bt.add_argument("--warmup", type=int, default=5, help="first steps not timed (default 5)")
+    bt.add_argument("--repeats", type=int, default=3)
+    bt.add_argument("--bn-splits", type=int, default=None, help="model.bn_splits for every run (default: the largest W)")
+    bt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more config overrides")
+    bt.add_argument("--json", help="append result rows (with device, versions, git revision) to this file")
+    bt.set_defaults(func=_bench_dist)
 
     sc = sub.add_parser("scan", help="probe every file of a manifest or folder; report unusable ones")
     sc.add_argument("source", type=Path, help="manifest CSV or folder of videos")
@@ -169,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (InputError, FileExistsError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID")) if int(os.environ.get("WORLD_SIZE", 1)) > 1 else None
+        print(f"error{f' (rank {rank})' if rank else ''}: {e}", file=sys.stderr)
         return 2
 
 

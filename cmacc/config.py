@@ -95,7 +95,11 @@ class ModelConfig:
     audio: str = "tiny"  # 1-D ResNet preset over the mel signal: tiny | r10 | r18
     d: int = 128  # embedding size of q and k
     head: str = "linear"  # projection to d: linear (MoCo v1) | mlp (Linear-BN-ReLU-Linear, MoCo v2)
-    bn_splits: int = 1  # split-BN groups per batch (MoCo's single-device shuffle-BN emulation); see README
+    # BatchNorm groups of the *global* batch M (group j: positions j, j+s, ...). 0 = one per rank
+    # (MoCo's per-GPU BN; 1 on one process). A multiple s of the world size W gives every rank s/W
+    # split-BN groups, and the run is the same whatever W is (see README, "Multi-GPU").
+    bn_splits: int = 0
+    sync_bn: bool = False  # CUDA only: SyncBatchNorm over the ranks of each group (W a multiple of bn_splits)
     shuffle_bn: bool = True  # shuffle the key encoders' batch (He et al., 2020)
     fc: str = "method"  # "method" (from the method table) | cross | self | none
 
@@ -123,6 +127,9 @@ class RunConfig:
     keep_checkpoints: int = 1  # step-numbered checkpoints kept besides last.pt
     progress: bool = True  # progress bar on stderr
     deterministic: bool = True  # torch.use_deterministic_algorithms (needed for exact resume)
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast for encoders and loss (the sampler stays fp32)
+    dist_timeout: float = 1800.0  # seconds a collective may wait for the other ranks before failing
+    check_sync_every: int = 0  # every n steps, check that replicated state is bitwise equal on all ranks (0: never)
 
 
 @dataclass
@@ -196,6 +203,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.head": ("linear", "mlp"),
     "sampler.first": ("random", "norm"),
     "sampler.backend": ("auto", "torch", "triton"),
+    "run.precision": ("fp32", "bf16", "fp16"),
 }
 
 
@@ -351,9 +359,12 @@ def resume_config(saved_path: str | Path, path: str | Path | None = None,
     if path is not None:
         changes.update(flatten(yaml.safe_load(Path(path).read_text()) or {}, source=str(path)))
     changes.update(dict(parse_set(s) for s in overrides))
-    cfg = copy.deepcopy(saved)
-    for key, value in changes.items():
-        _apply(cfg, key, value, "--resume override")
+    if "preset" in changes:  # the start's command line repeated (sbatch --requeue): resolve it as a start
+        cfg = load_config(path, overrides)
+    else:
+        cfg = copy.deepcopy(saved)
+        for key, value in changes.items():
+            _apply(cfg, key, value, "--resume override")
     before, after = flatten(saved.to_dict()), flatten(cfg.to_dict())
     for key in after:
         if after[key] != before[key] and not (key == "steps" or key.startswith(RESUMABLE)):
@@ -417,11 +428,12 @@ def validate(cfg: Config) -> None:
     need(d.nuisance >= 0, "data.nuisance", f"must be >= 0, got {d.nuisance}")
     need(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
     need(mo.d >= 2, "model.d", f"must be >= 2, got {mo.d}")
-    need(mo.bn_splits >= 1, "model.bn_splits", f"must be >= 1, got {mo.bn_splits}")
-    need(cfg.M % mo.bn_splits == 0, "model.bn_splits",
-         f"M={cfg.M} must split into model.bn_splits={mo.bn_splits} equal groups")
-    need(cfg.M // mo.bn_splits >= 2, "model.bn_splits",
-         f"each BN group needs >= 2 clips; M={cfg.M} / bn_splits={mo.bn_splits} leaves {cfg.M // mo.bn_splits}")
+    need(mo.bn_splits >= 0, "model.bn_splits", f"must be >= 0 (0 = one group per rank), got {mo.bn_splits}")
+    if mo.bn_splits:
+        need(cfg.M % mo.bn_splits == 0, "model.bn_splits",
+             f"M={cfg.M} must split into model.bn_splits={mo.bn_splits} equal groups")
+        need(cfg.M // mo.bn_splits >= 2, "model.bn_splits",
+             f"each BN group needs >= 2 clips; M={cfg.M} / bn_splits={mo.bn_splits} leaves {cfg.M // mo.bn_splits}")
     need(not (cfg.spec.objective == "self" and cfg.fc == "cross"), "model.fc",
          f"method={cfg.method} is unimodal: a cross-modal FC layer has no partner")
     need(cfg.sampler.temperature > 0, "sampler.temperature", f"must be positive, got {cfg.sampler.temperature}")
@@ -442,6 +454,8 @@ def validate(cfg: Config) -> None:
     need(r.threads >= 0, "run.threads", f"must be >= 0, got {r.threads}")
     need(r.checkpoint_every >= 1, "run.checkpoint_every", f"must be >= 1, got {r.checkpoint_every}")
     need(r.keep_checkpoints >= 0, "run.keep_checkpoints", f"must be >= 0, got {r.keep_checkpoints}")
+    need(r.dist_timeout > 0, "run.dist_timeout", f"must be positive (seconds), got {r.dist_timeout}")
+    need(r.check_sync_every >= 0, "run.check_sync_every", f"must be >= 0, got {r.check_sync_every}")
 
 
 def dump_yaml(cfg: Config) -> str:

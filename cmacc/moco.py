@@ -12,7 +12,12 @@ One module holds the method and its MoCo-style relatives (Table 1, Table 5, Fig.
                        from the FC of f_v, and the FC on top of h_v from that of f_a
     fc="self"          FC layers momentum-updated within their modality;  fc="none": no FC
 
-Shapes: M mini-batch, d embedding size, K dictionary size, N pool size.
+Across W ranks (cmacc.dist): M, K, N are global sizes; each rank holds M/W clips of the batch
+(global position p on rank p % W). The query encoders are what DistributedDataParallel wraps;
+the key encoders, D_v/D_a and the pool are replicated and updated identically on every rank
+from gathered tensors, as MoCo does. With one process every collective is the identity.
+
+Shapes: M mini-batch, m = M/W local batch, d embedding size, K dictionary size, N pool size.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import sampling
+from .dist import Comm
 from .models import Encoder
 
 
@@ -44,14 +50,25 @@ class SamplerOptions:
 
 @dataclass
 class StepOutput:
-    loss: torch.Tensor  # L_v + L_a, scalar with grad
+    loss: torch.Tensor  # L_v + L_a over this rank's m queries, scalar with grad
     loss_v: torch.Tensor  # video queries' InfoNCE (Eq. 7), detached
     loss_a: torch.Tensor  # audio queries' InfoNCE, detached
     acc_v: torch.Tensor  # pretext top-1: the positive outscores all K negatives, detached
     acc_a: torch.Tensor
-    enqueued_v: torch.Tensor  # clip ids enqueued into D_v this step (M,)
+    enqueued_v: torch.Tensor  # clip ids enqueued into D_v this step (M,), the same on every rank
     enqueued_a: torch.Tensor  # clip ids enqueued into D_a this step (M,)
     timings: dict[str, float] = field(default_factory=dict)
+
+
+class QueryEncoders(nn.Module):
+    """f_v and f_a as one module: the part with gradients, which DistributedDataParallel wraps."""
+
+    def __init__(self, f_v: Encoder, f_a: Encoder) -> None:
+        super().__init__()
+        self.f_v, self.f_a = f_v, f_a
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.f_v(video), self.f_a(audio)
 
 
 def infonce(q: torch.Tensor, k_pos: torch.Tensor, D: torch.Tensor, tau: float):
@@ -75,12 +92,15 @@ class CrossModalMoCo(nn.Module):
     m:          key-encoder momentum (Eq. 4).                           paper: 0.999
     tau:        contrastive temperature (Eq. 7).                        paper: 0.7
     objective:  "cross" | "self";  negatives: "queue" | an embedding;  fc: "cross" | "self" | "none"
-    shuffle_bn: shuffle the key batch before the key encoders (split-BN makes it matter).
+    shuffle_bn: shuffle the key batch before the key encoders (split-BN makes it matter); across
+                ranks the shuffle moves clips between ranks (MoCo's _batch_shuffle_ddp).
+    comm:       cmacc.dist.Comm of the run (default: one process).
     """
 
     def __init__(self, f_v: Encoder, f_a: Encoder, *, K: int, M: int, N: int, m: float, tau: float,
                  objective: str = "cross", negatives: str = "gradient", fc: str = "cross",
-                 shuffle_bn: bool = True, sampler: SamplerOptions | None = None) -> None:
+                 shuffle_bn: bool = True, sampler: SamplerOptions | None = None,
+                 comm: Comm | None = None) -> None:
         super().__init__()
         if objective not in ("cross", "self"):
             raise ValueError(f"objective must be 'cross' or 'self', got {objective!r}")
@@ -97,8 +117,12 @@ class CrossModalMoCo(nn.Module):
         self.K, self.M, self.N, self.m, self.tau = K, M, N, m, tau
         self.objective, self.negatives, self.fc, self.shuffle_bn = objective, negatives, fc, shuffle_bn
         self.sampler = sampler or SamplerOptions()
+        self.comm = comm or Comm()
 
         self.f_v, self.f_a = f_v, f_a  # query encoders
+        # q_v, q_a = encode_queries(video, audio): QueryEncoders, or DDP around it (wrap_queries).
+        # Kept out of the module tree so that the state dict holds f_v / f_a once.
+        self.__dict__["encode_queries"] = QueryEncoders(f_v, f_a)
         self.h_v, self.h_a = copy.deepcopy(f_v), copy.deepcopy(f_a)  # key encoders
         for p in list(self.h_v.parameters()) + list(self.h_a.parameters()):
             p.requires_grad = False  # updated by momentum only
@@ -121,6 +145,11 @@ class CrossModalMoCo(nn.Module):
     @property
     def uses_pool(self) -> bool:
         return self.negatives != "queue"
+
+    def wrap_queries(self, wrap: Callable[[nn.Module], nn.Module]) -> nn.Module:
+        """Replace the query path by ``wrap(QueryEncoders(f_v, f_a))``, e.g. DDP; returns it."""
+        self.__dict__["encode_queries"] = wrap(QueryEncoders(self.f_v, self.f_a))
+        return self.encode_queries
 
     # ---- momentum (Eq. 4, Alg. 1 l.38-39) and the cross-modal FC layer (§3.3) ----
     def _momentum_pairs(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
@@ -184,12 +213,18 @@ class CrossModalMoCo(nn.Module):
 
     @torch.no_grad()
     def _keys(self, h: Encoder, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Alg. 1 l.31 with shuffling BN: encode a shuffled batch, then undo the shuffle."""
+        """Alg. 1 l.31 with shuffling BN: keys of the global batch (M x d, every rank).
+
+        x: this rank's m clips. The global batch is permuted by one permutation of (seed, step),
+        the same on every rank (MoCo broadcasts one from rank 0), each rank encodes its share of
+        the shuffled batch, and the gathered keys are put back in batch order."""
+        c = self.comm
         if not self.shuffle_bn:
-            return h(x)
-        perm = torch.randperm(x.shape[0], generator=generator, device="cpu").to(x.device)
-        k = h(x[perm])
-        return k[torch.argsort(perm)]
+            return c.gather(h(x).float())
+        perm = torch.randperm(x.shape[0] * c.world, generator=generator,  # M, on the generator's device
+                              device=generator.device if generator is not None else "cpu")
+        k = c.gather(h(c.permute(x, perm)).float())  # M x d, in shuffled order
+        return k[torch.argsort(perm).to(k.device)]
 
     @torch.no_grad()
     def _pick(self, U: torch.Tensor, D_ids: torch.Tensor, queries: torch.Tensor, batch_ids: torch.Tensor,
@@ -206,28 +241,31 @@ class CrossModalMoCo(nn.Module):
     def forward(self, video: torch.Tensor, audio: torch.Tensor, ids: torch.Tensor,
                 video_k: torch.Tensor | None = None, audio_k: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, encode_picks: EncodePicks | None = None) -> StepOutput:
-        """video: M x 3 x T x H x W;  audio: M x B x T_a;  ids: M clip indices (for U \\ D).
+        """video: m x 3 x T x H x W;  audio: m x B x T_a;  ids: m clip indices (for U \\ D).
 
         video_k / audio_k: the key views (second augmentations) for the unimodal objective;
         the cross-modal objective encodes keys from the same clips (Alg. 1 l.31).
-        encode_picks(ids_v, ids_a) -> (keys_v, keys_a): keys of the picked pool clips from the
-        *current* key encoders. Without it the pool's keys from its last refresh are enqueued
-        (Alg. 1 as printed); those are older than every positive key, and the queries can learn
-        to tell keys apart by age alone -- see README, "stale pool keys".
+        encode_picks(ids_v, ids_a) -> (keys_v, keys_a): keys of picked pool clips from the
+        *current* key encoders, called with this rank's share of the picks. Without it the
+        pool's keys from its last refresh are enqueued (Alg. 1 as printed); those are older than
+        every positive key, and the queries can learn to tell keys apart by age alone -- see
+        README, "stale pool keys".
+        generator: the step's generator, identical on every rank (shuffles and sampler draws).
         """
-        timings: dict[str, float] = {}
-        q_v = self.f_v(video)  # q_v: M x d   (l.23)
-        q_a = self.f_a(audio)  # q_a: M x d   (l.14)
+        c, timings = self.comm, {}
+        q_v, q_a = self.encode_queries(video, audio)  # q_v: m x d (l.23), q_a: m x d (l.14)
         with torch.no_grad():
             k_v = self._keys(self.h_v, video if video_k is None else video_k, generator)  # k_v: M x d (l.31)
             k_a = self._keys(self.h_a, audio if audio_k is None else audio_k, generator)  # k_a: M x d
+            batch_ids = c.gather(ids)  # M
         # The queries that will be contrasted against D_v choose D_v's negatives, and vice versa.
         q_for_Dv, q_for_Da = (q_a, q_v) if self.objective == "cross" else (q_v, q_a)
 
         if self.uses_pool:  # Active sampling (l.14-30), enqueued before the loss as in Alg. 1
+            Q_Dv, Q_Da = c.gather(q_for_Dv.detach().float()), c.gather(q_for_Da.detach().float())  # M x d
             t0 = time.perf_counter()
-            S_v = self._pick(self.U_v, self.D_v_ids, q_for_Dv.detach(), ids, generator)  # l.14-20
-            S_a = self._pick(self.U_a, self.D_a_ids, q_for_Da.detach(), ids, generator)  # l.23-29
+            S_v = self._pick(self.U_v, self.D_v_ids, Q_Dv, batch_ids, generator)  # l.14-20, same on every rank
+            S_a = self._pick(self.U_a, self.D_a_ids, Q_Da, batch_ids, generator)  # l.23-29
             enq_v, enq_a = self.U_ids[S_v], self.U_ids[S_a]
             if video.is_cuda:
                 torch.cuda.synchronize(video.device)
@@ -236,26 +274,28 @@ class CrossModalMoCo(nn.Module):
                 keys_v, keys_a = self.U_v[S_v], self.U_a[S_a]  # keys from the last pool refresh (l.9)
             else:
                 t0 = time.perf_counter()
-                keys_v, keys_a = encode_picks(enq_v, enq_a)  # h_v(v_n), h_a(a_n) now
+                keys_v, keys_a = encode_picks(c.shard(enq_v), c.shard(enq_a))  # h_v(v_n), h_a(a_n) now
+                keys_v, keys_a = c.gather(keys_v.float()), c.gather(keys_a.float())  # M x d
                 timings["encode_picks"] = time.perf_counter() - t0
             self._enqueue(self.D_v, self.D_v_ids, keys_v, enq_v)  # l.21
             self._enqueue(self.D_a, self.D_a_ids, keys_a, enq_a)  # l.30
             self._advance()
 
-        # Cross-modal (or unimodal) contrastive coding, Eq. 7 (l.32-34). D is cloned: the
-        # queue is updated in place after the graph is built.
+        # Cross-modal (or unimodal) contrastive coding, Eq. 7 (l.32-34), over this rank's queries
+        # and their positives. D is cloned: the queue is updated in place after the graph is built.
         D_v, D_a = self.D_v.clone(), self.D_a.clone()
+        kv, ka = c.shard(k_v), c.shard(k_a)  # m x d: positives of the local queries
         if self.objective == "cross":
-            loss_v, acc_v = infonce(q_v, k_a, D_a, self.tau)  # q_v vs [k_a+; D_a]
-            loss_a, acc_a = infonce(q_a, k_v, D_v, self.tau)  # q_a vs [k_v+; D_v]
+            loss_v, acc_v = infonce(q_v, ka, D_a, self.tau)  # q_v vs [k_a+; D_a]
+            loss_a, acc_a = infonce(q_a, kv, D_v, self.tau)  # q_a vs [k_v+; D_v]
         else:
-            loss_v, acc_v = infonce(q_v, k_v, D_v, self.tau)  # q_v vs [k_v+; D_v]
-            loss_a, acc_a = infonce(q_a, k_a, D_a, self.tau)  # q_a vs [k_a+; D_a]
+            loss_v, acc_v = infonce(q_v, kv, D_v, self.tau)  # q_v vs [k_v+; D_v]
+            loss_a, acc_a = infonce(q_a, ka, D_a, self.tau)  # q_a vs [k_a+; D_a]
 
-        if not self.uses_pool:  # MoCo: enqueue the batch's keys after the loss
-            enq_v = enq_a = ids
-            self._enqueue(self.D_v, self.D_v_ids, k_v, ids)
-            self._enqueue(self.D_a, self.D_a_ids, k_a, ids)
+        if not self.uses_pool:  # MoCo: enqueue the global batch's keys after the loss
+            enq_v = enq_a = batch_ids
+            self._enqueue(self.D_v, self.D_v_ids, k_v, batch_ids)
+            self._enqueue(self.D_a, self.D_a_ids, k_a, batch_ids)
             self._advance()
         return StepOutput(loss_v + loss_a, loss_v.detach(), loss_a.detach(), acc_v, acc_a,
                           enq_v, enq_a, timings)

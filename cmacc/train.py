@@ -1,59 +1,71 @@
 """Pretraining loop: data -> CrossModalMoCo -> Adam -> momentum update; pool, checkpoints, probe.
 
+One process per GPU (or per CPU job) runs :class:`Pretraining`; W processes started by torchrun
+or srun form one run through cmacc.dist, and a single process is the W = 1 case of the same
+code. M, K and N are global: each rank takes M/W clips of every global batch, the query
+encoders are wrapped in DistributedDataParallel, and the key encoders, queues and pool are
+replicated and updated identically from gathered tensors (see moco.py). BatchNorm statistics are
+per group of the global batch (``model.bn_splits``), and running statistics are averaged over
+ranks every step, so a run's trajectory and checkpoints do not depend on W.
+
 Every random choice is derived from (seed, purpose, step/epoch) rather than from a running
-RNG, so a run resumed from a checkpoint reproduces the uninterrupted run's steps exactly
-(on CPU): the data order and augmentations, key-batch shuffles and sampler draws all follow
-from the step number. The checkpoint holds what cannot be recomputed: encoders, FC layers,
-optimizer, queues and their pointer, the pool's clips and keys, the step.
+RNG (cmacc.feed), so a run resumed from a checkpoint reproduces the uninterrupted run's steps
+exactly on CPU with the same W: the data order and augmentations, key-batch shuffles and
+sampler draws all follow from the step number. The checkpoint holds what cannot be recomputed:
+encoders, FC layers, optimizer (and fp16 loss scaler), queues and their pointer, the pool's
+clips and keys, the step. Global rank 0 alone writes the run folder.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import inspect
 import json
 import logging
 import math
 import signal
 import sys
+import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import checkpoint, probe, provenance
+from . import checkpoint, dist, provenance
 from .config import Config, ConfigError, dump_yaml
-from .data import ClipRequest
-from .data.build import Data, build_data
-from .data.real import Finisher, ManifestAV, collate
+from .data.build import build_data
+from .dist import Comm
+from .feed import STEP, Amp, Feed, StepBatches, generator, init_queues, pick_encoder, refresh_pool
 from .moco import CrossModalMoCo, SamplerOptions
 from .models import build_encoder
 from .sampling import resolve_backend
+from .summary import finish
 
 log = logging.getLogger("cmacc")
 
-# purposes for derived generators
-_DATA, _POOL, _QUEUE, _STEP = 1, 2, 3, 4
+PRECISION = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# BN running statistics are averaged over ranks after each step (Pretraining.step), not copied
+# from rank 0 before each forward; the keyword changed name in recent PyTorch.
+NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                  if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                  else {"broadcast_buffers": False})
 
 
 class NonFiniteLoss(RuntimeError):
     pass
 
 
-def derived_seed(seed: int, *keys: int) -> int:
-    return int(np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def generator(seed: int, *keys: int, device: torch.device | str = "cpu") -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(derived_seed(seed, *keys))
-    return g
-
-
 def lr_schedule(cfg: Config) -> np.ndarray:
-    """Per-step learning rates: linear warm-up, then constant or cosine to zero (precomputed)."""
+    """Per-step learning rates: linear warm-up, then constant or cosine to zero (precomputed).
+
+    The rate is the configured one whatever the number of ranks: M is the global batch, so
+    adding GPUs changes nothing to rescale."""
     s = np.arange(cfg.steps, dtype=np.float64)
     lr = np.full(cfg.steps, cfg.lr)
     if cfg.lr_schedule == "cosine":
@@ -64,111 +76,85 @@ def lr_schedule(cfg: Config) -> np.ndarray:
     return lr
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"config key 'run.device': {name!r} requested but CUDA is not available")
-    return dev
+def autocast(cfg: Config, device: torch.device) -> Amp:
+    """run.precision: autocast for the encoders and the loss (the sampler upcasts to fp32)."""
+    dtype = PRECISION[cfg.run.precision]
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
-def build_encoders(cfg: Config, seed: int | None = None):
-    """(f_v, f_a) initialised from ``seed`` (default cfg.seed): the same weights every time."""
+def bn_layout(cfg: Config, world: int, cuda: bool) -> tuple[int, list[list[int]] | None]:
+    """(split-BN groups per rank, SyncBN rank groups or None) for model.bn_splits over W ranks."""
+    M, s = cfg.M, cfg.model.bn_splits or world
+    if M % world or M // world < 2:
+        raise ConfigError(f"config key 'M': the global mini-batch M={M} must split into {world} equal shares "
+                          f"of at least 2 clips (each rank takes M/W)")
+    if M % s:
+        raise ConfigError(f"config key 'model.bn_splits': M={M} does not split into {s} BatchNorm groups")
+    if cfg.model.sync_bn and s % world:
+        if not cuda:
+            raise ConfigError("config key 'model.sync_bn': SyncBatchNorm needs CUDA (NCCL); on CPU set "
+                              f"model.bn_splits to a multiple of the world size {world}")
+        if world % s:
+            raise ConfigError(f"config key 'model.bn_splits': with model.sync_bn, {s} groups must divide the "
+                              f"world size {world} (each group is synchronised over W/bn_splits ranks)")
+        return 1, [[r for r in range(world) if r % s == j] for j in range(s)]
+    if s % world:
+        raise ConfigError(f"config key 'model.bn_splits': {s} BatchNorm group(s) of the global batch cannot be "
+                          f"computed by {world} ranks without SyncBN; use a multiple of {world} "
+                          f"(0 or {world}: BatchNorm per rank, as MoCo) or model.sync_bn=true on CUDA")
+    if cfg.model.sync_bn:
+        log.warning("model.sync_bn has no effect: bn_splits=%d groups fall on whole ranks", s)
+    return s // world, None
+
+
+def build_encoders(cfg: Config, seed: int | None = None, bn_splits: int | None = None):
+    """(f_v, f_a) initialised from ``seed`` (default cfg.seed): the same weights every time.
+
+    bn_splits: split-BN groups per process (default: bn_layout for one process)."""
     torch.manual_seed(cfg.seed if seed is None else seed)
-    kw = dict(d=cfg.model.d, with_fc=cfg.fc != "none", bn_splits=cfg.model.bn_splits, head=cfg.model.head)
+    kw = dict(d=cfg.model.d, with_fc=cfg.fc != "none", head=cfg.model.head,
+              bn_splits=bn_splits if bn_splits is not None else (cfg.model.bn_splits or 1))
     f_v = build_encoder("video", cfg.model.video, **kw)
     f_a = build_encoder("audio", cfg.model.audio, mel_bands=cfg.data.mel_bands, **kw)
     return f_v, f_a
 
 
-def build_model(cfg: Config, backend: str) -> CrossModalMoCo:
-    f_v, f_a = build_encoders(cfg)
+def build_model(cfg: Config, backend: str, comm: Comm | None = None, bn_splits: int | None = None) -> CrossModalMoCo:
+    f_v, f_a = build_encoders(cfg, bn_splits=bn_splits)
     return CrossModalMoCo(
         f_v, f_a, K=cfg.K, M=cfg.M, N=cfg.N, m=cfg.m, tau=cfg.tau, objective=cfg.spec.objective,
-        negatives=cfg.spec.negatives, fc=cfg.fc, shuffle_bn=cfg.model.shuffle_bn,
+        negatives=cfg.spec.negatives, fc=cfg.fc, shuffle_bn=cfg.model.shuffle_bn, comm=comm,
         sampler=SamplerOptions(first=cfg.sampler.first, temperature=cfg.sampler.temperature,
                                backend=backend, exclude_batch=cfg.sampler.exclude_batch))
 
 
-class Feed:
-    """Finished batches from a dataset: workers load clips (collate), the main process finishes
-    them (DALI decoding, stacking) and records every clip skipped under the bad-input policy."""
-
-    def __init__(self, dataset, device: torch.device, cfg: Config, skip_log=None) -> None:
-        self.dataset, self.device, self.num_workers = dataset, device, cfg.data.num_workers
-        self.finish = Finisher(dataset if isinstance(dataset, ManifestAV) else None, device,
-                               max_batch=cfg.M, num_threads=cfg.data.dali_threads)
-        self.skip_log = skip_log  # callable(list of (path, reason)) or None
-
-    def __call__(self, batches):
-        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
-                                             collate_fn=collate, prefetch_factor=4 if self.num_workers else None)
-        for b in loader:
-            yield self._finish(b)
-
-    def one(self, requests: list[ClipRequest]) -> dict:
-        """One batch, loaded in this process (picks to re-encode)."""
-        return self._finish(collate([self.dataset[r] for r in requests]))
-
-    def _finish(self, batch: dict) -> dict:
-        b = self.finish(batch)
-        if b["skipped"] and self.skip_log is not None:
-            self.skip_log(b["skipped"])
-        return b
+def sync_batchnorm(model: CrossModalMoCo, comm: Comm, groups: list[list[int]]) -> None:
+    """Every BN layer becomes a SyncBatchNorm over this rank's group (CUDA/NCCL only)."""
+    pgs = [torch.distributed.new_group(g) for g in groups]  # every rank creates every group, in order
+    mine = pgs[[comm.rank in g for g in groups].index(True)]
+    for enc in (model.f_v, model.f_a, model.h_v, model.h_a):
+        nn.SyncBatchNorm.convert_sync_batchnorm(enc, mine)
 
 
-class StepBatches(torch.utils.data.Sampler):
-    """The clips of steps start..stop-1, lazily: epoch e visits a permutation drawn from (seed, e)."""
-
-    def __init__(self, cfg: Config, n: int, start: int, stop: int) -> None:
-        self.cfg, self.n, self.start, self.stop = cfg, n, start, stop
-        self.spe = max(1, n // cfg.M)  # steps per epoch
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def __iter__(self):
-        cfg, M = self.cfg, self.cfg.M
-        perm, perm_epoch = None, None
-        for s in range(self.start, self.stop):
-            e, b = divmod(s, self.spe)
-            if e != perm_epoch:
-                perm, perm_epoch = torch.randperm(self.n, generator=generator(cfg.seed, _DATA, e)), e
-            yield [ClipRequest(int(i), e, "train") for i in perm[b * M:(b + 1) * M]]
+def bn_statistics(model: nn.Module) -> list[torch.Tensor]:
+    """Running means and variances of every BN layer (averaged over ranks after each step)."""
+    return [t for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for t in (m.running_mean, m.running_var) if t is not None]
 
 
-@torch.no_grad()
-def encode_keys(model: CrossModalMoCo, feed: Feed, ids: torch.Tensor, tag: str, round_: int, cfg: Config,
-                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """h_v(v_n), h_a(a_n) for clips ``ids``, in mini-batches of M (train-mode BN, as for keys)."""
-    reqs = [ClipRequest(int(i), round_, tag) for i in ids]
-    kv, ka = [], []
-    for b in feed([reqs[i:i + cfg.M] for i in range(0, len(reqs), cfg.M)]):
-        kv.append(model.h_v(b["video"].to(device, non_blocking=True)))
-        ka.append(model.h_a(b["audio"].to(device, non_blocking=True)))
-    return torch.cat(kv), torch.cat(ka)
+def replicated_state(model: CrossModalMoCo, enq_v: torch.Tensor, enq_a: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What must be bitwise identical on every rank after a step."""
+    named = {"picks_v": enq_v, "picks_a": enq_a}
+    named.update({f"buffer {k}": v for k, v in model.named_buffers()})  # queues, ids, pointer, pool, BN stats
+    for name in ("h_v", "h_a", "f_v", "f_a"):
+        named[f"{name} parameters"] = torch.cat([p.detach().reshape(-1) for p in getattr(model, name).parameters()])
+    return named
 
 
-def pick_encoder(model: CrossModalMoCo, feed: Feed, round_: int, device: torch.device):
-    """encode_picks for CrossModalMoCo: keys of picked pool clips from the current key encoders.
-
-    The clips are rendered exactly as in pool round ``round_`` (same augmentation), so a fresh
-    key is the pool key re-computed with today's h -- only the encoder's age differs.
-    """
-    @torch.no_grad()
-    def encode(ids_v: torch.Tensor, ids_a: torch.Tensor):
-        v = feed.one([ClipRequest(int(i), round_, "pool", "video") for i in ids_v.tolist()])["video"]
-        a = feed.one([ClipRequest(int(i), round_, "pool", "audio") for i in ids_a.tolist()])["audio"]
-        return model.h_v(v.to(device, non_blocking=True)), model.h_a(a.to(device, non_blocking=True))
-    return encode
-
-
-def refresh_pool(model: CrossModalMoCo, feed: Feed, cfg: Config, round_: int, device: torch.device) -> None:
-    """Alg. 1 l.7-9: draw N distinct clips and encode them with the key encoders."""
-    ids = torch.randperm(len(feed.dataset), generator=generator(cfg.seed, _POOL, round_))[:cfg.N]
-    kv, ka = encode_keys(model, feed, ids, "pool", round_, cfg, device)
-    model.set_pool(ids.to(device), kv, ka)
+def ids_digest(*ids: torch.Tensor) -> str:
+    return hashlib.sha1(b"".join(t.cpu().numpy().tobytes() for t in ids)).hexdigest()[:16]
 
 
 @dataclass
@@ -199,227 +185,295 @@ def _count_categories(labels: torch.Tensor, ids: torch.Tensor) -> int | None:
     return int(lab.unique().numel()) if len(lab) else None
 
 
-def pretrain(cfg: Config, out: str | Path, *, resume: bool = False,
-             on_step: Callable[[int, dict], None] | None = None) -> dict:
-    """Train per ``cfg``, writing config.yaml, run.json, metrics.jsonl, checkpoints/, summary.json.
+class Pretraining:
+    """One rank's share of a pretraining run: build, start or resume, step, checkpoint, finish."""
 
-    on_step(step, record) is called after each step's metrics line is written (tests use it to
-    simulate a crash). Returns the summary dict.
-    """
-    out = Path(out)
-    ckpt_dir = out / "checkpoints"
-    last = ckpt_dir / "last.pt"
-    if last.exists() and not resume:
-        raise FileExistsError(f"{out} already holds a run ({last}); pass --resume to continue it "
-                              f"or choose another --out")
-    if resume and not last.exists():
-        raise FileNotFoundError(f"--resume: no checkpoint at {last}")
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, cfg: Config, out: Path, comm: Comm, resume: bool) -> None:
+        self.cfg, self.out, self.comm, self.resume = cfg, out, comm, resume
+        self.ckpt_dir = out / "checkpoints"
+        self.last = self.ckpt_dir / "last.pt"
+        self.metrics_path, self.skips_path = out / "metrics.jsonl", out / "skipped.jsonl"
+        comm.agree(self._preflight())
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        torch.use_deterministic_algorithms(cfg.run.deterministic, warn_only=True)
+        self.device = comm.device
+        self.backend = resolve_backend(cfg.sampler.backend, self.device)
+        self.bn_per_rank, sync_groups = bn_layout(cfg, comm.world, self.device.type == "cuda")
+        self.amp = autocast(cfg, self.device)
+        if cfg.run.precision == "bf16" and self.device.type == "cpu":
+            log.warning("run.precision=bf16 on CPU: 3-D convolutions stay fp32 (oneDNN's bf16 conv3d gives "
+                        "wrong weight gradients here; cmacc.models.resnet3d.Conv3d)")
+        self.where, self.pending_skips = {"step": 0, "where": "setup"}, []
+        self.prov = provenance.collect(self.device)
+        log.info("method=%s device=%s sampler backend=%s world size %d", cfg.method, self.prov["device_name"],
+                 self.backend, comm.world)
+        self._build_data()
+        self.model = build_model(cfg, self.backend, comm, self.bn_per_rank).to(self.device)
+        if sync_groups:
+            sync_batchnorm(self.model, comm, sync_groups)
+        self.bn_stats = bn_statistics(self.model)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.run.precision == "fp16")
+        self.lrs = lr_schedule(cfg)
+        self.spe = max(1, self.n_train // cfg.M)  # steps per epoch
+        self.refresh_every = cfg.pool_refresh or self.spe
+        self.feed = Feed(self.data.train, self.device, cfg, self._skipped)
 
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    torch.use_deterministic_algorithms(cfg.run.deterministic, warn_only=True)
-    device = resolve_device(cfg.run.device)
-    backend = resolve_backend(cfg.sampler.backend, device)
-    prov = provenance.collect(device)
-    log.info("method=%s device=%s sampler backend=%s", cfg.method, prov["device_name"], backend)
+    def _preflight(self) -> Exception | None:
+        if self.last.exists() and not self.resume:
+            return FileExistsError(f"{self.out} already holds a run ({self.last}); pass --resume to continue it "
+                                   f"or choose another --out")
+        if self.resume and not self.last.exists():
+            return FileNotFoundError(f"--resume: no checkpoint at {self.last}")
+        return None
 
-    data = build_data(cfg, device, out)
-    train_set, labels = data.train, data.labels
-    n_train = len(train_set)
-    for key, need, what in (("M", cfg.M, "one mini-batch"), ("N", cfg.N if cfg.uses_pool else 0, "the pool"),
-                            ("K", cfg.K if cfg.queue_init == "clips" else 0, "the initial dictionary")):
-        if need > n_train:
-            raise ConfigError(f"config key '{key}': {what} needs {need} distinct clips but the dataset has {n_train} "
-                              f"usable ones ({len(data.info.get('excluded', []))} left out)")
-    model = build_model(cfg, backend).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    lrs = lr_schedule(cfg)
-    steps_per_epoch = max(1, n_train // cfg.M)
-    refresh_every = cfg.pool_refresh or steps_per_epoch
+    def _build_data(self) -> None:
+        """Datasets on every rank; a manifest without a scan report is scanned by rank 0 alone."""
+        cfg, c = self.cfg, self.comm
+        scan = None
+        if cfg.data.name == "manifest" and not cfg.data.scan and c.distributed:
+            if c.is_main:
+                self.out.mkdir(parents=True, exist_ok=True)
+                self.data = build_data(cfg, self.device, self.out)
+            scan = c.broadcast_object(self.data.scan if c.is_main else None)
+        if not (c.is_main and scan is not None):
+            self.data = build_data(cfg, self.device, self.out if c.is_main else None, scan=scan)
+        self.labels, self.n_train = self.data.labels, len(self.data.train)
+        for key, need, what in (("M", cfg.M, "one mini-batch"), ("N", cfg.N if cfg.uses_pool else 0, "the pool"),
+                                ("K", cfg.K if cfg.queue_init == "clips" else 0, "the initial dictionary")):
+            if need > self.n_train:
+                raise ConfigError(f"config key '{key}': {what} needs {need} distinct clips but the dataset has "
+                                  f"{self.n_train} usable ones ({len(self.data.info.get('excluded', []))} left out)")
 
-    metrics_path, skips_path = out / "metrics.jsonl", out / "skipped.jsonl"
-    current = {"step": 0, "where": "setup"}
+    def _skipped(self, items) -> None:  # every clip replaced under the bad-input policy, with its reason
+        for path, reason in items:
+            log.warning("skipped %s: %s", path, reason)
+            self.pending_skips.append({**self.where, "rank": self.comm.rank, "path": path, "reason": reason})
 
-    def log_skips(items) -> None:  # every clip replaced under the bad-input policy, with its reason
-        with open(skips_path, "a") as f:
-            for path, reason in items:
-                log.warning("skipped %s: %s", path, reason)
-                f.write(json.dumps({"step": current["step"], "where": current["where"], "path": path,
-                                    "reason": reason}) + "\n")
-    feed = Feed(train_set, device, cfg, log_skips)
-    start = 0
-    if resume:
-        state = checkpoint.load(last, map_location=device)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+    def _flush_skips(self, total: int | None = None) -> None:
+        """Rank 0 records every rank's skips (gathered only when some rank has any)."""
+        if total is None:
+            total = sum(self.comm.gather_objects(len(self.pending_skips)))
+        if total:
+            lines = [json.dumps(s) + "\n" for part in self.comm.gather_objects(self.pending_skips) for s in part]
+            if self.comm.is_main:
+                with open(self.skips_path, "a") as f:
+                    f.writelines(lines)
+        self.pending_skips = []
+
+    def _info(self) -> dict:
+        c = self.comm
+        return {"provenance": self.prov, "sampler_backend": self.backend, "precision": self.cfg.run.precision,
+                "distributed": {**c.describe(), "batch_per_rank": self.cfg.M // c.world,
+                                "bn_groups": self.bn_per_rank * c.world, "bn_groups_per_rank": self.bn_per_rank,
+                                "sync_bn": self.cfg.model.sync_bn and self.bn_per_rank == 1 and c.world > 1}}
+
+    # ---- start, resume, save ----
+    def start(self) -> int:
+        """Fresh run (queues from K clips) or resume; then rank 0's state is everyone's, and DDP."""
+        cfg, c, start = self.cfg, self.comm, 0
+        if self.resume:
+            start = self._load()
+        else:
+            if c.is_main:
+                self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+                checkpoint.write_atomic(self.out / "config.yaml", dump_yaml(cfg))
+                self.metrics_path.write_text("")
+                self.skips_path.write_text("")
+            if cfg.queue_init == "clips":  # Alg. 1 l.3-5
+                self.where["where"] = "queue_init"
+                init_queues(self.model, self.feed, cfg, self.n_train, self.amp)
+                c.average_(self.bn_stats)  # each rank's BN statistics saw its share of the K clips
+        c.broadcast_(list(self.model.state_dict().values()))  # initial weights and queues from rank 0
+        if c.distributed:  # what gets gradients: the query encoders (and their FC layers)
+            cuda = self.device.type == "cuda"
+            self.model.wrap_queries(lambda q: DistributedDataParallel(
+                q, device_ids=[self.device] if cuda else None, **NO_BUFFER_SYNC))
+        self._flush_skips()
+        if c.is_main:
+            checkpoint.write_atomic(self.out / "run.json", json.dumps(
+                {**self._info(), "resumed_from_step": start if self.resume else None, "data": self.data.info},
+                indent=2))
+        self.start_step = start
+        return start
+
+    def _load(self) -> int:
+        state = checkpoint.load(self.last, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         start = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
-        for path in (metrics_path, skips_path):  # drop lines a killed run wrote after its last checkpoint
-            kept = [ln for ln in path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln)["step"] <= start] if path.exists() else []
-            checkpoint.write_atomic(path, "".join(ln + "\n" for ln in kept))
-        log.info("resumed from %s at step %d", last, start)
-    else:
-        checkpoint.write_atomic(out / "config.yaml", dump_yaml(cfg))
-        metrics_path.write_text("")
-        skips_path.write_text("")
-        if cfg.queue_init == "clips":  # Alg. 1 l.3-5
-            current["where"] = "queue_init"
-            ids = torch.randperm(n_train, generator=generator(cfg.seed, _QUEUE))[:cfg.K]
-            kv, ka = encode_keys(model, feed, ids, "queue", 0, cfg, device)
-            model.init_queues(kv, ka, ids.to(device))
-    checkpoint.write_atomic(out / "run.json", json.dumps(
-        {"provenance": prov, "sampler_backend": backend, "resumed_from_step": start if resume else None,
-         "data": data.info}, indent=2))
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.comm.world:
+            log.warning("resuming a run saved by %d rank(s) on %d%s", saved_world, self.comm.world,
+                        "; model.bn_splits=0 means one BN group per rank, so the BN groups change"
+                        if not self.cfg.model.bn_splits else "")
+        if self.comm.is_main:  # drop lines a killed run wrote after its last checkpoint (or tore)
+            for path in (self.metrics_path, self.skips_path):
+                kept = [ln for ln in path.read_text().splitlines() if _step_of(ln) is not None
+                        and _step_of(ln) <= start] if path.exists() else []
+                checkpoint.write_atomic(path, "".join(ln + "\n" for ln in kept))
+        log.info("resumed from %s at step %d", self.last, start)
+        return start
 
-    def save(step: int) -> None:
-        state = {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                 "config": cfg.to_dict(), "torch_rng": torch.get_rng_state(), "sampler_backend": backend,
-                 "git": prov["git"]}
-        checkpoint.save(last, state)
-        if cfg.run.keep_checkpoints:
-            checkpoint.save(ckpt_dir / f"step_{step:08d}.pt", state)
-            old = sorted(ckpt_dir.glob("step_*.pt"))[:-cfg.run.keep_checkpoints]
-            for p in old:
-                p.unlink()
+    def save(self, step: int) -> None:
+        """Rank 0 writes last.pt (and step_*.pt) atomically; then every rank waits for it."""
+        cfg = self.cfg
+        if self.comm.is_main:
+            state = {"step": step, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                     "scaler": self.scaler.state_dict(), "config": cfg.to_dict(), "torch_rng": torch.get_rng_state(),
+                     "sampler_backend": self.backend, "git": self.prov["git"], "world_size": self.comm.world}
+            checkpoint.save(self.last, state)
+            if cfg.run.keep_checkpoints:
+                checkpoint.save(self.ckpt_dir / f"step_{step:08d}.pt", state)
+                for p in sorted(self.ckpt_dir.glob("step_*.pt"))[:-cfg.run.keep_checkpoints]:
+                    p.unlink()
+        self.comm.barrier()
 
-    stop = _Stop()
-    handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)} \
-        if threading_main() else {}
-    model.train()
-    bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.run.progress, file=sys.stderr,
-               desc=cfg.method, dynamic_ncols=True, mininterval=1.0)
-    wall0 = time.perf_counter()
-    step = start
-    try:
-        with open(metrics_path, "a") as mf:
-            batches = feed(StepBatches(cfg, n_train, start, cfg.steps))
-            for step in range(start, cfg.steps):
-                if stop.requested:
-                    log.warning("%s received: checkpoint at step %d and stop", stop.requested, step)
-                    break
-                rec: dict = {"step": step + 1, "epoch": step // steps_per_epoch}
-                current.update(step=step + 1, where="pool")
-                if model.uses_pool and (step % refresh_every == 0 or step == start and int(model.U_ids[0]) < 0):
-                    t0 = time.perf_counter()
-                    refresh_pool(model, feed, cfg, step // refresh_every, device)
-                    rec["time_pool"] = time.perf_counter() - t0
-                    pool_labels = labels[model.U_ids.cpu()]
-                    if (pool_labels >= 0).any():
-                        rec["pool_class_sep_v"] = class_separation(model.U_v, pool_labels)
-                        rec["pool_class_sep_a"] = class_separation(model.U_a, pool_labels)
-                current["where"] = "batch"
-                t0 = time.perf_counter()
-                batch = next(batches)
-                rec["skipped"] = len(batch["skipped"])
-                v, a = batch["video"].to(device, non_blocking=True), batch["audio"].to(device, non_blocking=True)
-                ids = batch["index"].to(device)
-                vk = batch["video_k"].to(device) if "video_k" in batch else None
-                ak = batch["audio_k"].to(device) if "audio_k" in batch else None
-                t1 = time.perf_counter()
-                for g in opt.param_groups:
-                    g["lr"] = float(lrs[step])
-                current["where"] = "picks"
-                enc = (pick_encoder(model, feed, step // refresh_every, device)
-                       if model.uses_pool and cfg.sampler.fresh_keys else None)
-                o = model(v, a, ids, vk, ak, generator=generator(cfg.seed, _STEP, step, device=device), encode_picks=enc)
-                opt.zero_grad(set_to_none=True)
-                o.loss.backward()
-                opt.step()
-                model.momentum_update()  # Alg. 1 l.38-39
-                losses = torch.stack([o.loss.detach(), o.loss_v, o.loss_a, o.acc_v, o.acc_a]).tolist()
-                t2 = time.perf_counter()
-                if not all(math.isfinite(x) for x in losses[:3]):
-                    raise NonFiniteLoss(f"non-finite loss at step {step + 1}: loss_v={losses[1]} "
-                                        f"loss_a={losses[2]} (lr={lrs[step]:.3g}); last checkpoint in {last}")
-                cat_v, cat_a = _count_categories(labels, o.enqueued_v), _count_categories(labels, o.enqueued_a)
-                both = None if cat_v is None or cat_a is None else (cat_v + cat_a) / 2
-                rec.update(loss=losses[0], loss_v=losses[1], loss_a=losses[2], acc_v=losses[3],
-                           acc_a=losses[4], lr=float(lrs[step]), time_data=t1 - t0, time_compute=t2 - t1,
-                           time_sampler=o.timings.get("sampler", 0.0), time_picks=o.timings.get("encode_picks", 0.0),
-                           neg_categories=both, neg_categories_v=cat_v, neg_categories_a=cat_a)
-                mf.write(json.dumps(rec) + "\n")
-                mf.flush()
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[0]:.3f}", data=f"{1e3 * (t1 - t0):.0f}ms",
-                                compute=f"{1e3 * (t2 - t1):.0f}ms",
-                                **({} if both is None else {"neg_cat": f"{both:.1f}"}))
-                if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.steps:
-                    save(step + 1)
-                if on_step is not None:
-                    on_step(step + 1, rec)
-            else:
-                step = cfg.steps
-    finally:
-        bar.close()
-        for s, h in handlers.items():
-            signal.signal(s, h)
-    if step < cfg.steps:  # stopped by a signal: save where we are, no summary
-        save(step)
-        return {"stopped_at": step, "signal": stop.requested}
-
-    train_time = time.perf_counter() - wall0
-    return finish(cfg, out, model, data, device, backend, prov, train_time)
-
-
-def threading_main() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
-
-
-def finish(cfg: Config, out: Path, model: CrossModalMoCo, data: Data, device, backend, prov, train_time) -> dict:
-    """Linear probes (pretrained vs random init) and summary.json."""
-    recs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    skips = [json.loads(ln) for ln in (out / "skipped.jsonl").read_text().splitlines() if ln.strip()]
-    summary: dict = {"method": cfg.method, "steps": cfg.steps, "final_loss": recs[-1]["loss"],
-                     "final_loss_mean10": float(np.mean([r["loss"] for r in recs[-10:]]))}
-    labelled = [r for r in recs if r["neg_categories"] is not None]
-    if labelled:
-        C, M = int(data.labels.max()) + 1, cfg.M
-        summary["negatives"] = {
-            "mean_categories": float(np.mean([r["neg_categories"] for r in labelled])),
-            "mean_categories_v": float(np.mean([r["neg_categories_v"] for r in labelled])),
-            "mean_categories_a": float(np.mean([r["neg_categories_a"] for r in labelled])),
-            "mean_categories_last_quarter": float(np.mean([r["neg_categories"]
-                                                           for r in labelled[-max(1, len(labelled) // 4):]])),
-            "per_step": M, "num_classes": C,
-            "uniform_expectation": C * (1 - (1 - 1 / C) ** M),  # E[#classes] of M uniform draws, balanced classes
-        }
-    else:
-        summary["negatives"] = {"mean_categories": None, "note": "the training clips carry no labels"}
-    if not cfg.probe.enabled:
-        summary["probe"] = {"skipped": "probe.enabled=false"}
-    elif data.probe_train is None or data.probe_test is None:
-        summary["probe"] = {"skipped": "no labelled probe_train / probe_test splits in the manifest"}
-    else:
+    # ---- one step ----
+    def step(self, s: int, stop: _Stop) -> tuple[dict, str | None]:
+        """Step s (0-based) on this rank; returns its metrics record and the agreed stop signal."""
+        cfg, model, c = self.cfg, self.model, self.comm
+        rec: dict = {"step": s + 1, "epoch": s // self.spe}
+        t_start = time.perf_counter()
+        self.where = {"step": s + 1, "where": "pool"}
+        if model.uses_pool and (s % self.refresh_every == 0 or s == self.start_step and int(model.U_ids[0]) < 0):
+            rec.update(self._refresh(s // self.refresh_every))
+        self.where["where"] = "batch"
         t0 = time.perf_counter()
-        res = {}
-        pre = probe.linear_probe(model.f_v, model.f_a, data.probe_train, data.probe_test, device,
-                                 cfg.probe.C, cfg.seed, cfg.data.num_workers)
-        f_v0, f_a0 = build_encoders(cfg)
-        rnd = probe.linear_probe(f_v0.to(device), f_a0.to(device), data.probe_train, data.probe_test,
-                                 device, cfg.probe.C, cfg.seed, cfg.data.num_workers)
-        for mod in ("video", "audio"):
-            res[mod] = {"pretrained": pre[mod], "random_init": rnd[mod]}
-        n_cls = int(torch.cat([data.probe_train.labels, data.probe_test.labels]).max()) + 1
-        res.update(features="pooled backbone of the query encoder", classifier="logistic regression",
-                   train_clips=len(data.probe_train), test_clips=len(data.probe_test),
-                   chance=100.0 / n_cls, seconds=time.perf_counter() - t0)
-        summary["probe"] = res
-    summary["data"] = {**{k: v for k, v in data.info.items() if k != "excluded"},
-                       "left_out": data.info.get("excluded", []),
-                       "skipped_while_training": len(skips),
-                       "skip_reasons": dict(Counter(s["reason"].split(":")[0] for s in skips))}
-    summary["time"] = {
-        "train_seconds": train_time,
-        "data_per_step": float(np.mean([r["time_data"] for r in recs])),
-        "compute_per_step": float(np.mean([r["time_compute"] for r in recs])),
-        "sampler_per_step": float(np.mean([r["time_sampler"] for r in recs])),
-    }
-    summary["sampler_backend"] = backend
-    summary["provenance"] = prov
-    summary["config"] = cfg.to_dict()
-    checkpoint.write_atomic(out / "summary.json", json.dumps(summary, indent=2))
-    return summary
+        b = next(self.batches)
+        v, a, ids = (b[k].to(self.device, non_blocking=True) for k in ("video", "audio", "index"))
+        vk, ak = (b[k].to(self.device) if k in b else None for k in ("video_k", "audio_k"))
+        t1 = time.perf_counter()
+        for g in self.opt.param_groups:
+            g["lr"] = float(self.lrs[s])
+        self.where["where"] = "picks"
+        enc = pick_encoder(model, self.feed, s // self.refresh_every, self.amp) \
+            if model.uses_pool and cfg.sampler.fresh_keys else None
+        with self.amp():
+            o = model(v, a, ids, vk, ak, generator=generator(cfg.seed, STEP, s, device=self.device), encode_picks=enc)
+        # One gather per step: every rank's losses, skips and stop requests, before the update.
+        mine = torch.stack([o.loss.detach(), o.loss_v, o.loss_a, o.acc_v, o.acc_a]).float().tolist()
+        table = c.gather_values(mine + [len(self.pending_skips), stop.requested == "SIGTERM",
+                                        stop.requested == "SIGINT"])
+        losses = table[:, :5].mean(0).tolist()  # equal shares: the mean over ranks is the global mean
+        if not all(math.isfinite(x) for x in losses[:3]):
+            bad = [r for r in range(c.world) if not all(math.isfinite(x) for x in table[r, :3].tolist())]
+            raise NonFiniteLoss(f"non-finite loss at step {s + 1} on rank(s) {bad}: loss_v={losses[1]} "
+                                f"loss_a={losses[2]} (lr={self.lrs[s]:.3g}); last checkpoint in {self.last}")
+        self.opt.zero_grad(set_to_none=True)
+        with c.guard("the gradient all-reduce"):
+            self.scaler.scale(o.loss).backward()  # DDP all-reduces (averages) the gradients
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        model.momentum_update()  # Alg. 1 l.38-39
+        c.average_(self.bn_stats)
+        t2 = time.perf_counter()
+        self._flush_skips(int(table[:, 5].sum()))
+        rec.update(self._record(s, o, losses, t1 - t0, t2 - t1, int(table[:, 5].sum())))
+        if cfg.run.check_sync_every and (s + 1) % cfg.run.check_sync_every == 0:
+            rec["state_digest"] = c.assert_same(replicated_state(model, o.enqueued_v, o.enqueued_a))
+        rec["time_comm"] = c.take_seconds()
+        rec["time_step"] = time.perf_counter() - t_start
+        signal_name = "SIGTERM" if table[:, 6].any() else "SIGINT" if table[:, 7].any() else None
+        return rec, signal_name
+
+    def _refresh(self, round_: int) -> dict:
+        t0 = time.perf_counter()
+        refresh_pool(self.model, self.feed, self.cfg, round_, self.amp)
+        rec = {"time_pool": time.perf_counter() - t0}
+        pool_labels = self.labels[self.model.U_ids.cpu()]
+        if self.comm.is_main and (pool_labels >= 0).any():
+            rec["pool_class_sep_v"] = class_separation(self.model.U_v, pool_labels)
+            rec["pool_class_sep_a"] = class_separation(self.model.U_a, pool_labels)
+        return rec
+
+    def _record(self, s: int, o, losses: list[float], t_data: float, t_compute: float, skipped: int) -> dict:
+        cat_v, cat_a = _count_categories(self.labels, o.enqueued_v), _count_categories(self.labels, o.enqueued_a)
+        both = None if cat_v is None or cat_a is None else (cat_v + cat_a) / 2
+        return dict(loss=losses[0], loss_v=losses[1], loss_a=losses[2], acc_v=losses[3], acc_a=losses[4],
+                    lr=float(self.lrs[s]), skipped=skipped, time_data=t_data, time_compute=t_compute,
+                    time_sampler=o.timings.get("sampler", 0.0), time_picks=o.timings.get("encode_picks", 0.0),
+                    neg_categories=both, neg_categories_v=cat_v, neg_categories_a=cat_a,
+                    picks_digest=ids_digest(o.enqueued_v, o.enqueued_a))
+
+    # ---- the loop ----
+    def train(self, start: int, on_step: Callable[[int, dict], None] | None) -> tuple[int, str | None]:
+        """Steps start..steps-1; returns (last completed step, the signal that stopped it or None)."""
+        cfg, c = self.cfg, self.comm
+        stop = _Stop()
+        handlers = {sg: signal.signal(sg, stop) for sg in (signal.SIGINT, signal.SIGTERM)} \
+            if threading.current_thread() is threading.main_thread() else {}
+        bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.run.progress and c.is_main), file=sys.stderr,
+                   desc=cfg.method, dynamic_ncols=True, mininterval=1.0)
+        self.batches = iter(self.feed(StepBatches(cfg, self.n_train, start, cfg.steps, c)))
+        c.take_seconds()
+        step, signal_name = start, None
+        try:
+            with open(self.metrics_path, "a") if c.is_main else contextlib.nullcontext() as mf:
+                for s in range(start, cfg.steps):
+                    rec, signal_name = self.step(s, stop)
+                    step = s + 1
+                    if c.is_main:
+                        mf.write(json.dumps(rec) + "\n")
+                        mf.flush()
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{rec['loss']:.3f}", data=f"{1e3 * rec['time_data']:.0f}ms",
+                                        compute=f"{1e3 * rec['time_compute']:.0f}ms")
+                    if step % cfg.run.checkpoint_every == 0 or step == cfg.steps or signal_name:
+                        self.save(step)
+                    c.heartbeat(step)
+                    if on_step is not None:
+                        on_step(step, rec)
+                    if signal_name and step < cfg.steps:
+                        log.warning("%s received: checkpointed step %d on every rank; stopping", signal_name, step)
+                        break
+        finally:
+            bar.close()
+            for sg, h in handlers.items():
+                signal.signal(sg, h)
+        return step, signal_name if step < cfg.steps else None
+
+    def finish(self, train_time: float, steps_run: int) -> dict:
+        return finish(self.cfg, self.out, self.model, self.data, self.device,
+                      lambda: build_encoders(self.cfg), self._info(), train_time, steps_run)
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):  # a line torn by a kill
+        return None
+
+
+def pretrain(cfg: Config, out: str | Path, *, resume: bool = False,
+             on_step: Callable[[int, dict], None] | None = None, comm: Comm | None = None) -> dict:
+    """Train per ``cfg``, writing config.yaml, run.json, metrics.jsonl, checkpoints/, summary.json.
+
+    comm: the process group (cmacc.dist.init); default: join the one the environment describes
+    (torchrun / srun), or run alone. on_step(step, record) is called after each step's metrics
+    line is written (tests use it to simulate a crash). Returns the summary dict on rank 0,
+    {"stopped_at", "signal"} when a signal stopped the run, {"rank", "steps"} on other ranks.
+    """
+    own = comm is None
+    comm = dist.init(cfg.run.device, cfg.run.dist_timeout) if own else comm
+    try:
+        run = Pretraining(cfg, Path(out), comm, resume)
+        start = run.start()
+        t0 = time.perf_counter()
+        step, signal_name = run.train(start, on_step)
+        if signal_name:
+            return {"stopped_at": step, "signal": signal_name}
+        if not comm.is_main:
+            return {"rank": comm.rank, "steps": step}
+        return run.finish(time.perf_counter() - t0, step - start)
+    except BaseException as e:
+        comm.report_exit(f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        if own:
+            comm.close()

@@ -90,3 +90,16 @@ def test_resume_may_change_only_length_and_run_keys(tmp_path):
     assert cfg.steps == 40 and cfg.run.progress is False
     with pytest.raises(ConfigError, match="'K' cannot change when resuming"):
         resume_config(saved, None, ["K=256"])
+
+
+def test_resume_accepts_the_start_command_line_with_its_preset(tmp_path):
+    """sbatch --requeue repeats the start's arguments: --set preset=paper must resume, not fail."""
+    start = ["preset=paper", "steps=5000", "data.train_size=40000"]
+    saved = tmp_path / "config.yaml"
+    saved.write_text(dump_yaml(load_config(overrides=start)))
+    cfg = resume_config(saved, None, start)
+    assert cfg.to_dict() == load_config(overrides=start).to_dict()
+    with pytest.raises(ConfigError, match="'M' cannot change when resuming"):
+        resume_config(saved, None, ["preset=cpu"])  # another preset's values
+    with pytest.raises(ConfigError, match="config key 'preset'"):
+        resume_config(saved, None, ["preset=huge"])

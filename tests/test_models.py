@@ -69,3 +69,22 @@ def test_encoder_rejects_wrong_layout():
         build_encoder("video", "tiny")(torch.randn(2, 3, 32, 32))
     with pytest.raises(ValueError, match="unknown video encoder"):
         build_encoder("video", "r50")
+
+
+def test_conv3d_stays_fp32_under_cpu_bf16_autocast():
+    """oneDNN's bf16 conv3d gives wrong weight gradients on AVX512-BF16 CPUs (resnet3d.Conv3d):
+    under CPU bf16 autocast the video encoder's convolutions run in fp32, equal to fp32 ones."""
+    from cmacc.models.resnet3d import Conv3d
+    torch.manual_seed(0)
+    conv = Conv3d(32, 32, 3, 1, 1, bias=False)
+    x = torch.randn(32, 32, 2, 4, 4)
+    ref = torch.nn.functional.conv3d(x, conv.weight, None, 1, 1)
+    g_ref, = torch.autograd.grad((ref * ref).sum(), conv.weight)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+    assert y.dtype == torch.float32
+    g, = torch.autograd.grad((y * y).sum(), conv.weight)
+    torch.testing.assert_close(y, ref, rtol=0, atol=0)
+    torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.float16):  # other precisions are plain nn.Conv3d
+        assert conv(x).dtype == torch.float16

@@ -147,3 +147,41 @@ def test_sigterm_checkpoints_and_exits(tmp_path):
     assert "--resume" in err
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == len((out / "metrics.jsonl").read_text().splitlines()) >= 3
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_resumes_and_keeps_the_sampler_fp32(tmp_path, monkeypatch, precision):
+    import cmacc.sampling as sampling
+    real, dtypes = sampling.select, set()
+
+    def spy(pool_keys, queries, *a, **kw):
+        dtypes.update({pool_keys.dtype, queries.dtype})
+        return real(pool_keys, queries, *a, **kw)
+    monkeypatch.setattr(sampling, "select", spy)
+    cfg = tiny("probe.enabled=false", f"run.precision={precision}")
+    pretrain(cfg, tmp_path / "a")
+    assert dtypes == {torch.float32}  # the sampler's inputs stay fp32 under autocast
+    _, loss_a = losses(tmp_path / "a")
+    pretrain(tiny("probe.enabled=false", "steps=1"), tmp_path / "fp32")
+    assert loss_a[0] == pytest.approx(losses(tmp_path / "fp32")[1][0], rel=2e-2)  # step 1: rounding only
+    state = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True)
+    assert ("scale" in state["scaler"]) == (precision == "fp16")  # the fp16 loss scale is checkpointed
+
+    def crash(step, rec):
+        if step == 7:
+            raise Crash
+    with pytest.raises(Crash):
+        pretrain(cfg, tmp_path / "b", on_step=crash)
+    pretrain(cfg, tmp_path / "b", resume=True)
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")
+
+
+@pytest.mark.long
+def test_bf16_default_run_probes_like_fp32(tmp_path):
+    """The built-in default run (360 steps) in bf16 vs fp32: probes within 10 points (README)."""
+    res = {}
+    for p in ("fp32", "bf16"):
+        res[p] = pretrain(load_config(overrides=[f"run.precision={p}", "run.progress=false"]), tmp_path / p)["probe"]
+    for mod in ("video", "audio"):
+        assert abs(res["bf16"][mod]["pretrained"] - res["fp32"][mod]["pretrained"]) <= 10.0, (mod, res)
+        assert res["bf16"][mod]["pretrained"] > res["bf16"][mod]["random_init"] + 10.0, (mod, res)

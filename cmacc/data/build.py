@@ -20,6 +20,7 @@ class Data:
     probe_train: torch.utils.data.Dataset | None = None
     probe_test: torch.utils.data.Dataset | None = None
     info: dict = field(default_factory=dict)  # what was read, left out and how (for run.json / summary)
+    scan: dict | None = None  # manifest data: the scan records used, {path: ScanRecord}
 
     @property
     def labels(self) -> torch.Tensor:
@@ -32,7 +33,9 @@ def mel_spec(cfg: Config) -> MelSpec:
                    n_mels=cfg.data.mel_bands, fmin=a.fmin, fmax=a.fmax)
 
 
-def build_data(cfg: Config, device: torch.device, out: Path | None = None) -> Data:
+def build_data(cfg: Config, device: torch.device, out: Path | None = None, scan: dict | None = None) -> Data:
+    """The run's datasets. ``scan``: scan records to use instead of data.scan or a fresh scan
+    (ranks other than 0 get rank 0's)."""
     d = cfg.data
     views = 2 if cfg.spec.objective == "self" else 1
     if d.name == "synthetic":
@@ -42,10 +45,10 @@ def build_data(cfg: Config, device: torch.device, out: Path | None = None) -> Da
                     SyntheticAV(d.probe_train_size, split="probe_train", **common),
                     SyntheticAV(d.probe_test_size, split="probe_test", **common),
                     {"source": "synthetic", "train_clips": d.train_size})
-    return _manifest_data(cfg, device, out, views)
+    return _manifest_data(cfg, device, out, views, scan)
 
 
-def _manifest_data(cfg: Config, device: torch.device, out: Path | None, views: int) -> Data:
+def _manifest_data(cfg: Config, device: torch.device, out: Path | None, views: int, scan: dict | None) -> Data:
     from .manifest import read_manifest
     from .real import ManifestAV
     from .scan import read_report, scan_paths, summarize, write_report
@@ -59,7 +62,9 @@ def _manifest_data(cfg: Config, device: torch.device, out: Path | None, views: i
                           f"(splits: {have})")
     probe_splits = [s for s in ("probe_train", "probe_test") if len(manifest.split(s))]
     wanted = train_rows.rows + [r for s in probe_splits for r in manifest.split(s).rows]
-    if d.scan:
+    if scan is not None:
+        scan_path = d.scan or (str(out / "scan.json") if out else None)
+    elif d.scan:
         scan = read_report(d.scan)
         scan_path = d.scan
     else:
@@ -83,4 +88,4 @@ def _manifest_data(cfg: Config, device: torch.device, out: Path | None, views: i
             "mel": mel.to_dict(), "audio_frames": train.audio_frames, "classes": len(manifest.classes)}
     for e in train.excluded:
         log.warning("left out %s: %s (%s)", e["path"], e["reason"], e["detail"])
-    return Data(train, probes[0], probes[1], info)
+    return Data(train, probes[0], probes[1], info, scan)

@@ -8,10 +8,35 @@ from __future__ import annotations
 
 from functools import partial
 
+import torch
 from torch import nn
 
 from .blocks import kaiming_init, stages
 from .norm import SplitBatchNorm
+
+
+def _cpu_bf16_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() and torch.get_autocast_cpu_dtype() == torch.bfloat16
+
+
+class Conv3d(nn.Conv3d):
+    """nn.Conv3d that stays fp32 under CPU bf16 autocast.
+
+    oneDNN's bf16 3-D convolution on CPUs with AVX512-BF16 (PyTorch 2.13, 2-core EPYC here)
+    returns weight gradients that change between identical calls and are badly wrong for some
+    shapes: relative error 0.76 against PyTorch's reference bf16 kernel for the tiny encoder's
+    layers.1.conv2, and occasionally NaN, which ended bf16 training runs after 110-190 steps
+    (see pytorch/pytorch#169688 for a wrong-result case of the same kernel family). Elsewhere --
+    GPUs, fp32, fp16 -- it is plain nn.Conv3d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and _cpu_bf16_autocast():
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
 
 
 class ResNet3d(nn.Module):
@@ -24,11 +49,11 @@ class ResNet3d(nn.Module):
         norm = partial(SplitBatchNorm, num_splits=bn_splits)
         pad = tuple(k // 2 for k in stem_kernel)
         self.stem = nn.Sequential(
-            nn.Conv3d(in_channels, widths[0], stem_kernel, stem_stride, pad, bias=False),
+            Conv3d(in_channels, widths[0], stem_kernel, stem_stride, pad, bias=False),
             norm(widths[0]), nn.ReLU(inplace=True),
             nn.MaxPool3d(3, 2, 1) if max_pool else nn.Identity(),
         )
-        self.layers = stages(nn.Conv3d, widths, blocks, norm)
+        self.layers = stages(Conv3d, widths, blocks, norm)
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.out_dim = widths[-1]
         kaiming_init(self, nn.Conv3d)

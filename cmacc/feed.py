@@ -1,0 +1,135 @@
+"""What each rank loads: its share of every global mini-batch, of the pool and of the picks.
+
+The global plan is a deterministic function of (seed, step): epoch e visits a permutation drawn
+from (seed, e), so the clips a step sees do not depend on the number of ranks W, and no sampler
+needs ``set_epoch``. Rank r takes positions r, r+W, ... of each global batch (cmacc.dist), loads
+them in its own DataLoader workers, and the key encoders' outputs are gathered back into global
+order.
+"""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .config import Config
+from .data import ClipRequest
+from .data.real import Finisher, ManifestAV, collate
+from .dist import Comm
+
+# purposes of derived generators
+DATA, POOL, QUEUE, STEP = 1, 2, 3, 4
+
+
+def derived_seed(seed: int, *keys: int) -> int:
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def generator(seed: int, *keys: int, device: torch.device | str = "cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(derived_seed(seed, *keys))
+    return g
+
+
+class Feed:
+    """Finished batches from a dataset: workers load clips (collate), the main process finishes
+    them (DALI decoding, stacking) and reports every clip skipped under the bad-input policy."""
+
+    def __init__(self, dataset, device: torch.device, cfg: Config, skip_log=None) -> None:
+        self.dataset, self.device, self.num_workers = dataset, device, cfg.data.num_workers
+        self.finish = Finisher(dataset if isinstance(dataset, ManifestAV) else None, device,
+                               max_batch=cfg.M, num_threads=cfg.data.dali_threads)
+        self.skip_log = skip_log  # callable(list of (path, reason)) or None
+
+    def __call__(self, batches):
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
+                                             collate_fn=collate, prefetch_factor=4 if self.num_workers else None)
+        for b in loader:
+            yield self._finish(b)
+
+    def one(self, requests: list[ClipRequest]) -> dict:
+        """One batch, loaded in this process (picks to re-encode)."""
+        return self._finish(collate([self.dataset[r] for r in requests]))
+
+    def _finish(self, batch: dict) -> dict:
+        b = self.finish(batch)
+        if b["skipped"] and self.skip_log is not None:
+            self.skip_log(b["skipped"])
+        return b
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """This rank's clips of steps start..stop-1, lazily: its share of each global batch of M."""
+
+    def __init__(self, cfg: Config, n: int, start: int, stop: int, comm: Comm | None = None) -> None:
+        self.cfg, self.n, self.start, self.stop = cfg, n, start, stop
+        self.comm = comm or Comm()
+        self.spe = max(1, n // cfg.M)  # steps per epoch
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def global_batch(self, step: int, perm: torch.Tensor) -> list[ClipRequest]:
+        e, b = divmod(step, self.spe)
+        return [ClipRequest(int(i), e, "train") for i in perm[b * self.cfg.M:(b + 1) * self.cfg.M]]
+
+    def __iter__(self):
+        perm, perm_epoch = None, None
+        for s in range(self.start, self.stop):
+            e = s // self.spe
+            if e != perm_epoch:
+                perm, perm_epoch = torch.randperm(self.n, generator=generator(self.cfg.seed, DATA, e)), e
+            yield self.comm.shard(self.global_batch(s, perm))
+
+
+Amp = Callable[[], AbstractContextManager]
+
+
+@torch.no_grad()
+def encode_keys(model, feed: Feed, ids: torch.Tensor, tag: str, round_: int, cfg: Config,
+                amp: Amp) -> tuple[torch.Tensor, torch.Tensor]:
+    """h_v(v_n), h_a(a_n) of clips ``ids`` (a multiple of M) on every rank, fp32.
+
+    Encoded in global mini-batches of M with train-mode BN, as keys are; each rank encodes its
+    share of every mini-batch, so the BN groups are those of one process with bn_splits groups."""
+    c = model.comm
+    reqs = [ClipRequest(int(i), round_, tag) for i in ids]
+    kv, ka = [], []
+    for b in feed([c.shard(reqs[i:i + cfg.M]) for i in range(0, len(reqs), cfg.M)]):
+        with amp():
+            kv.append(model.h_v(b["video"].to(feed.device, non_blocking=True)).float())
+            ka.append(model.h_a(b["audio"].to(feed.device, non_blocking=True)).float())
+    return c.gather(torch.cat(kv)), c.gather(torch.cat(ka))  # local row j -> global j W + r
+
+
+def pick_encoder(model, feed: Feed, round_: int, amp: Amp):
+    """encode_picks for CrossModalMoCo: keys of this rank's share of the picked pool clips, from
+    the current key encoders.
+
+    The clips are rendered exactly as in pool round ``round_`` (same augmentation), so a fresh
+    key is the pool key re-computed with today's h -- only the encoder's age differs. Loaded in
+    the main process (a DataLoader per call would cost more than the few clips)."""
+    @torch.no_grad()
+    def encode(ids_v: torch.Tensor, ids_a: torch.Tensor):
+        v = feed.one([ClipRequest(int(i), round_, "pool", "video") for i in ids_v.tolist()])["video"]
+        a = feed.one([ClipRequest(int(i), round_, "pool", "audio") for i in ids_a.tolist()])["audio"]
+        with amp():
+            return (model.h_v(v.to(feed.device, non_blocking=True)).float(),
+                    model.h_a(a.to(feed.device, non_blocking=True)).float())
+    return encode
+
+
+def refresh_pool(model, feed: Feed, cfg: Config, round_: int, amp: Amp) -> None:
+    """Alg. 1 l.7-9: draw N distinct clips (the same on every rank) and encode them with h."""
+    ids = torch.randperm(len(feed.dataset), generator=generator(cfg.seed, POOL, round_))[:cfg.N]
+    kv, ka = encode_keys(model, feed, ids, "pool", round_, cfg, amp)
+    model.set_pool(ids.to(feed.device), kv, ka)
+
+
+def init_queues(model, feed: Feed, cfg: Config, n_train: int, amp: Amp) -> None:
+    """Alg. 1 l.3-5: D_v, D_a <- keys of K random clips (the same on every rank)."""
+    ids = torch.randperm(n_train, generator=generator(cfg.seed, QUEUE))[:cfg.K]
+    kv, ka = encode_keys(model, feed, ids, "queue", 0, cfg, amp)
+    model.init_queues(kv, ka, ids.to(feed.device))

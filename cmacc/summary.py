@@ -1,0 +1,77 @@
+"""The end of a run (global rank 0 only): linear probes, pretrained vs random init, and summary.json."""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import checkpoint, probe
+from .config import Config
+from .data.build import Data
+
+
+def _negatives(recs: list[dict], data: Data, M: int) -> dict:
+    labelled = [r for r in recs if r["neg_categories"] is not None]
+    if not labelled:
+        return {"mean_categories": None, "note": "the training clips carry no labels"}
+    C = int(data.labels.max()) + 1
+    return {
+        "mean_categories": float(np.mean([r["neg_categories"] for r in labelled])),
+        "mean_categories_v": float(np.mean([r["neg_categories_v"] for r in labelled])),
+        "mean_categories_a": float(np.mean([r["neg_categories_a"] for r in labelled])),
+        "mean_categories_last_quarter": float(np.mean([r["neg_categories"]
+                                                       for r in labelled[-max(1, len(labelled) // 4):]])),
+        "per_step": M, "num_classes": C,
+        "uniform_expectation": C * (1 - (1 - 1 / C) ** M),  # E[#classes] of M uniform draws, balanced classes
+    }
+
+
+def _probe(cfg: Config, model, data: Data, device: torch.device, random_init: Callable) -> dict:
+    if not cfg.probe.enabled:
+        return {"skipped": "probe.enabled=false"}
+    if data.probe_train is None or data.probe_test is None:
+        return {"skipped": "no labelled probe_train / probe_test splits in the manifest"}
+    t0 = time.perf_counter()
+    args = (data.probe_train, data.probe_test, device, cfg.probe.C, cfg.seed, cfg.data.num_workers)
+    pre = probe.linear_probe(model.f_v, model.f_a, *args)
+    f_v0, f_a0 = random_init()
+    rnd = probe.linear_probe(f_v0.to(device), f_a0.to(device), *args)
+    res: dict = {mod: {"pretrained": pre[mod], "random_init": rnd[mod]} for mod in ("video", "audio")}
+    n_cls = int(torch.cat([data.probe_train.labels, data.probe_test.labels]).max()) + 1
+    res.update(features="pooled backbone of the query encoder", classifier="logistic regression",
+               train_clips=len(data.probe_train), test_clips=len(data.probe_test),
+               chance=100.0 / n_cls, seconds=time.perf_counter() - t0)
+    return res
+
+
+def finish(cfg: Config, out: Path, model, data: Data, device: torch.device, random_init: Callable,
+           info: dict, train_time: float, steps_run: int) -> dict:
+    """Probes and summary.json. ``info``: provenance, sampler backend, distributed layout."""
+    recs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    skips = [json.loads(ln) for ln in (out / "skipped.jsonl").read_text().splitlines() if ln.strip()]
+    summary: dict = {"method": cfg.method, "steps": cfg.steps, "final_loss": recs[-1]["loss"],
+                     "final_loss_mean10": float(np.mean([r["loss"] for r in recs[-10:]])),
+                     "negatives": _negatives(recs, data, cfg.M),
+                     "probe": _probe(cfg, model, data, device, random_init)}
+    summary["data"] = {**{k: v for k, v in data.info.items() if k != "excluded"},
+                       "left_out": data.info.get("excluded", []),
+                       "skipped_while_training": len(skips),
+                       "skip_reasons": dict(Counter(s["reason"].split(":")[0] for s in skips))}
+    mean = lambda key: float(np.mean([r.get(key, 0.0) for r in recs]))  # noqa: E731
+    summary["time"] = {
+        "train_seconds": train_time,
+        "steps_per_second": steps_run / train_time if train_time > 0 and steps_run else None,  # this session
+        "data_per_step": mean("time_data"),
+        "compute_per_step": mean("time_compute"),
+        "sampler_per_step": mean("time_sampler"),
+        "comm_per_step": mean("time_comm"),
+    }
+    summary.update(info)
+    summary["config"] = cfg.to_dict()
+    checkpoint.write_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
