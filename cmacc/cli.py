@@ -63,6 +63,10 @@ def _pretrain(args: argparse.Namespace) -> int:
                      f"{data['skipped_while_training']} clips skipped while training (see run.json, skipped.jsonl)")
         for e in data["left_out"]:
             lines.append(f"  left out {e['path']}: {e['reason']} ({e['detail']})")
+    t = summary["time"]
+    if comm.distributed:
+        lines.append(f"distributed: {comm.world} ranks ({comm.backend}), {t['steps_per_second']:.2f} steps/s, "
+                     f"{1e3 * t['comm_per_step']:.1f} ms per step in collectives")
     lines.append(f"wrote {out}/summary.json")
     print("\n".join(lines))
     return 0

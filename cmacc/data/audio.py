@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -165,7 +166,7 @@ class MelCache:
         mel, origin = self.compute(path, start, end)
         buf = io.BytesIO()
         np.savez(buf, mel=mel, origin=np.float64(origin))
-        tmp = f.with_name(f".{f.name}.tmp-{os.getpid()}")
+        tmp = f.with_name(f".{f.name}.tmp-{socket.gethostname()}-{os.getpid()}")  # ranks share the cache
         tmp.write_bytes(buf.getvalue())
         os.replace(tmp, f)
         return mel, origin
