@@ -1,4 +1,5 @@
-"""``cmacc bench dist``: training throughput on 1 rank vs W ranks of this machine, side by side.
+"""``cmacc bench dist``: training throughput on 1 rank vs W ranks of this machine, side by side
+(CPU processes with Gloo, or one GPU per rank with NCCL: ``--device cuda``).
 
 Each configuration is a real pretraining run (``torchrun --standalone --nproc_per_node=W -m cmacc
 pretrain``; plain ``python -m cmacc pretrain`` for one rank) with the probe off, repeated
@@ -53,15 +54,15 @@ def main(args) -> int:
         print("error: --world and --threads must be lists of positive integers of the same length", file=sys.stderr)
         return 2
     sets = [f"method={args.method}", f"steps={args.steps}", "probe.enabled=false", "run.progress=false",
-            "run.device=cpu", f"model.bn_splits={max(worlds) if args.bn_splits is None else args.bn_splits}",
+            f"run.device={args.device}", f"model.bn_splits={max(worlds) if args.bn_splits is None else args.bn_splits}",
             *args.set]
-    prov = provenance.collect("cpu")
+    prov = provenance.collect("cuda" if args.device.startswith("cuda") else "cpu")
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.repeats):
             for w, t in zip(worlds, threads):
                 r = one_run(w, t, sets, args.warmup, Path(tmp), k)
-                rows.append({"bench": "dist", "repeat": k, **r, "config": sets, "device_name": prov["device_name"],
+                rows.append({"bench": "dist", "repeat": k, **r, "config": sets, "device_name": prov["device_name"].split(" (")[0],  # threads: per rank
                              "host": prov["host"], "versions": prov["versions"], "git": prov["git"]})
                 print(f"repeat {k}: W={w} x {t} thread(s): {r['steps_per_s']:.2f} steps/s, step {1e3 * r['time_step']:.0f} ms "
                       f"(comm {1e3 * r['time_comm']:.1f}, sampler {1e3 * r['time_sampler']:.0f}, data "

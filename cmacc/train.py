@@ -233,9 +233,10 @@ class Pretraining:
         """Datasets on every rank; a manifest without a scan report is scanned by rank 0 alone."""
         cfg, c = self.cfg, self.comm
         scan = None
+        if c.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)  # scan.json may be written first
         if cfg.data.name == "manifest" and not cfg.data.scan and c.distributed:
             if c.is_main:
-                self.out.mkdir(parents=True, exist_ok=True)
                 self.data = build_data(cfg, self.device, self.out)
             scan = c.broadcast_object(self.data.scan if c.is_main else None)
         if not (c.is_main and scan is not None):

@@ -319,3 +319,23 @@ def test_bench_dist_compares_one_and_two_ranks(tmp_path):
     assert all(r["steps_per_s"] > 0 for r in rows) and rows[0]["time_comm"] == 0 < rows[1]["time_comm"]
     assert rows[1]["final_loss"] == pytest.approx(rows[0]["final_loss"], rel=1e-4)  # the same run, split in two
     assert rows[0]["picks_digest_last"] == rows[1]["picks_digest_last"] and rows[0]["git"]["revision"]
+
+
+@pytest.mark.slow
+def test_two_ranks_on_real_videos_share_rank_zeros_scan(media, tmp_path):
+    """A manifest without a scan report: rank 0 scans (once) and hands the records to rank 1;
+    each rank decodes its share; files left out are reported once."""
+    from cmacc.data.manifest import Manifest, Row
+    Manifest([Row(Path(p)) for p in media.values()]).write(tmp_path / "m.csv")
+    sets = ["data.name=manifest", f"data.manifest={tmp_path / 'm.csv'}", "method=xmoco", "M=4", "K=4", "steps=3",
+            "warmup_steps=1", "data.frames=8", "data.size=32", "run.progress=false", "run.device=cpu",
+            f"data.cache_dir={tmp_path / 'mel'}"]
+    res = run(cli(tmp_path / "run", sets), 2, tmp_path, timeout=240)
+    assert_ok(res)
+    assert res[1].stderr.count("scanning") == 0 and "scanning" in res[0].stderr
+    out = tmp_path / "run"
+    summary = json.loads((out / "summary.json").read_text())
+    left = {Path(e["path"]).name: e["reason"] for e in summary["data"]["left_out"]}
+    assert left["noaudio.mp4"] == "no-audio" and left["empty.webm"] == "zero-length", left
+    assert json.loads((out / "scan.json").read_text()) and summary["distributed"]["world_size"] == 2
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3]
