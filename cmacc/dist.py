@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import inspect
 import logging
 import os
 import re
@@ -383,8 +384,8 @@ def init(device: str = "auto", timeout_s: float = 1800.0, env: dict | None = Non
         method = os.environ.get(INIT_METHOD_ENV)
         if method:
             kw["init_method"] = method
-        if dev.type == "cuda":
-            kw["device_id"] = dev
+        if dev.type == "cuda" and "device_id" in inspect.signature(dist.init_process_group).parameters:
+            kw["device_id"] = dev  # NCCL binds to this rank's GPU (torch >= 2.3)
         dist.init_process_group(**kw)
         owns = True
     comm = Comm(launch.rank, launch.world, launch.local_rank, dev, dist.get_backend(), launch, owns_group=owns)

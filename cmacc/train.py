@@ -84,6 +84,15 @@ def autocast(cfg: Config, device: torch.device) -> Amp:
     return lambda: torch.autocast(device.type, dtype=dtype)
 
 
+def grad_scaler(device: torch.device, enabled: bool):
+    """fp16's loss scaler (torch.amp.GradScaler; torch < 2.3 has it for CUDA only)."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device.type, enabled=enabled)
+    if enabled and device.type != "cuda":
+        raise ConfigError("config key 'run.precision': fp16 on CPU needs torch >= 2.3")
+    return torch.cuda.amp.GradScaler(enabled=enabled)
+
+
 def bn_layout(cfg: Config, world: int, cuda: bool) -> tuple[int, list[list[int]] | None]:
     """(split-BN groups per rank, SyncBN rank groups or None) for model.bn_splits over W ranks."""
     M, s = cfg.M, cfg.model.bn_splits or world
@@ -215,7 +224,7 @@ class Pretraining:
         self.bn_stats = bn_statistics(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.run.precision == "fp16")
+        self.scaler = grad_scaler(self.device, enabled=cfg.run.precision == "fp16")
         self.lrs = lr_schedule(cfg)
         self.spe = max(1, self.n_train // cfg.M)  # steps per epoch
         self.refresh_every = cfg.pool_refresh or self.spe

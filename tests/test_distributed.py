@@ -159,6 +159,22 @@ def _wait_for_step(out: Path, step: int, procs, timeout: float = 120.0) -> None:
     raise TimeoutError("no checkpoint appeared")
 
 
+def _wait_for_lines(out: Path, n: int, procs, timeout: float = 120.0) -> None:
+    t0 = time.time()
+    while not (out / "metrics.jsonl").exists() or len((out / "metrics.jsonl").read_text().splitlines()) < n:
+        assert all(p.poll() is None for p in procs), "training ended before it could be interrupted"
+        assert time.time() - t0 < timeout, "no metrics appeared"
+        time.sleep(0.02)
+
+
+def _signal_rank_one(out: Path, sets: list[str], after: int, sig, tmp_path: Path):
+    """Start a long 2-rank run, send ``sig`` to rank 1 after ``after`` steps, wait (90 s at most)."""
+    procs = start(cli(out, TINY + ["probe.enabled=false", "steps=400", *sets]), 2, tmp_path)
+    _wait_for_lines(out, after, procs)
+    procs[1].send_signal(sig)
+    return wait(procs, timeout=90)
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_on_two_or_one_ranks(tmp_path):
     """SIGKILL both ranks after a checkpoint; resume with 2 ranks (bit-identical losses) and with
@@ -189,13 +205,7 @@ def test_killed_run_resumes_on_two_or_one_ranks(tmp_path):
 @pytest.mark.slow
 def test_sigterm_to_one_rank_stops_every_rank_at_one_step(tmp_path):
     out = tmp_path / "t"
-    procs = start(cli(out, TINY + ["probe.enabled=false", "steps=400", "run.checkpoint_every=1000"]), 2, tmp_path)
-    t0 = time.time()
-    while not (out / "metrics.jsonl").exists() or len((out / "metrics.jsonl").read_text().splitlines()) < 3:
-        assert all(p.poll() is None for p in procs) and time.time() - t0 < 120
-        time.sleep(0.02)
-    procs[1].send_signal(signal.SIGTERM)
-    res = wait(procs, timeout=120)
+    res = _signal_rank_one(out, ["run.checkpoint_every=1000"], 3, signal.SIGTERM, tmp_path)
     assert [r.returncode for r in res] == [143, 143], [r.stderr[-2000:] for r in res]
     assert "--resume" in res[0].stderr and "Traceback" not in res[0].stderr + res[1].stderr
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
@@ -206,14 +216,7 @@ def test_sigterm_to_one_rank_stops_every_rank_at_one_step(tmp_path):
 
 @pytest.mark.slow
 def test_a_dead_rank_ends_the_run_with_an_error_naming_it(tmp_path):
-    out = tmp_path / "d"
-    procs = start(cli(out, TINY + ["probe.enabled=false", "steps=400", "run.dist_timeout=60"]), 2, tmp_path)
-    t0 = time.time()
-    while not (out / "metrics.jsonl").exists() or len((out / "metrics.jsonl").read_text().splitlines()) < 2:
-        assert all(p.poll() is None for p in procs) and time.time() - t0 < 120
-        time.sleep(0.02)
-    procs[1].send_signal(signal.SIGKILL)
-    res = wait(procs, timeout=90)  # rank 0 must not hang
+    res = _signal_rank_one(tmp_path / "d", ["run.dist_timeout=60"], 2, signal.SIGKILL, tmp_path)  # no hang
     assert res[1].returncode == -signal.SIGKILL
     assert res[0].returncode == 1, res[0].stderr[-2000:]
     err = res[0].stderr.strip().splitlines()[-1]
