@@ -81,6 +81,13 @@ def test_world_size_rules_name_the_key():
         bn_layout(load_config(overrides=TINY + ["model.bn_splits=1", "model.sync_bn=true"]), 2, False)
     assert bn_layout(load_config(overrides=TINY + ["model.bn_splits=2", "model.sync_bn=true"]), 4, True) == \
         (1, [[0, 2], [1, 3]])
+    paper = load_config(overrides=["preset=paper"])  # bn_splits=4: groups of 32
+    assert bn_layout(paper, 4, True) == (1, None) and bn_layout(paper, 1, True) == (4, None)
+    with pytest.raises(ConfigError, match="model.bn_splits"):
+        bn_layout(paper, 8, True)  # README: use bn_splits=0 or sync_bn on 8 GPUs
+    assert bn_layout(load_config(overrides=["preset=paper", "model.bn_splits=0"]), 8, True) == (1, None)
+    assert bn_layout(load_config(overrides=["preset=paper", "model.sync_bn=true"]), 8, True)[1] == \
+        [[0, 4], [1, 5], [2, 6], [3, 7]]
 
 
 # ---- collectives and the shuffled keys, on two processes ----
