@@ -448,7 +448,14 @@ def validate(cfg: Config) -> None:
         need(d.train_size >= cfg.K, "queue_init",
              f"'clips' fills the queue with K={cfg.K} distinct clips but data.train_size={d.train_size}")
     need(cfg.probe.C > 0, "probe.C", f"must be positive, got {cfg.probe.C}")
-    r = cfg.run
+    _validate_run(cfg.run)
+
+
+def _validate_run(r: RunConfig) -> None:
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise ConfigError(f"config key '{key}': {msg}")
+
     need(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"), "run.device",
          f"must be auto, cpu, cuda or cuda:N, got {r.device!r}")
     need(r.threads >= 0, "run.threads", f"must be >= 0, got {r.threads}")
