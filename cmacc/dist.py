@@ -122,7 +122,6 @@ class Comm:
 
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backend: str | None = None  # None: no process group (world size 1)
     launch: Launch = field(default_factory=Launch)
@@ -277,13 +276,11 @@ class Comm:
 
         Returns the hex digest of the whole set (the same on every rank)."""
         digests = [tensor_digest(t) for t in named.values()]
-        table = self.gather_values([float(d) for d in digests]) if self.distributed else None
-        if table is not None:
-            differ = [n for k, n in enumerate(named) if not bool((table[:, k] == table[0, k]).all())]
-            if differ:
-                raise CommError(f"replicated state differs across ranks at step {self.step + 1}: {', '.join(differ)}")
-        h = hashlib.sha1(b"".join(d.to_bytes(8, "little") for d in digests)).hexdigest()[:16]
-        return h
+        table = self.gather_values([float(d) for d in digests])  # W x len(named)
+        differ = [n for k, n in enumerate(named) if not bool((table[:, k] == table[0, k]).all())]
+        if differ:
+            raise CommError(f"replicated state differs across ranks at step {self.step + 1}: {', '.join(differ)}")
+        return hashlib.sha1(b"".join(d.to_bytes(8, "little") for d in digests)).hexdigest()[:16]
 
     # ---- liveness: which rank stopped? ----
     def _store(self):
@@ -388,7 +385,7 @@ def init(device: str = "auto", timeout_s: float = 1800.0, env: dict | None = Non
             kw["device_id"] = dev  # NCCL binds to this rank's GPU (torch >= 2.3)
         dist.init_process_group(**kw)
         owns = True
-    comm = Comm(launch.rank, launch.world, launch.local_rank, dev, dist.get_backend(), launch, owns_group=owns)
+    comm = Comm(launch.rank, launch.world, dev, dist.get_backend(), launch, owns_group=owns)
     comm.hosts = comm.gather_objects(socket.gethostname())
     log.info("rank %d of %d (%s, local rank %d) on %s, backend %s", comm.rank, comm.world, launch.source,
              launch.local_rank, dev, comm.backend)

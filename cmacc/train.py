@@ -208,7 +208,7 @@ class Pretraining:
         torch.use_deterministic_algorithms(cfg.run.deterministic, warn_only=True)
         self.device = comm.device
         self.backend = resolve_backend(cfg.sampler.backend, self.device)
-        self.bn_per_rank, sync_groups = bn_layout(cfg, comm.world, self.device.type == "cuda")
+        self.bn_per_rank, self.sync_groups = bn_layout(cfg, comm.world, self.device.type == "cuda")
         self.amp = autocast(cfg, self.device)
         if cfg.run.precision == "bf16" and self.device.type == "cpu":
             log.warning("run.precision=bf16 on CPU: 3-D convolutions stay fp32 (oneDNN's bf16 conv3d gives "
@@ -219,8 +219,8 @@ class Pretraining:
                  self.backend, comm.world)
         self._build_data()
         self.model = build_model(cfg, self.backend, comm, self.bn_per_rank).to(self.device)
-        if sync_groups:
-            sync_batchnorm(self.model, comm, sync_groups)
+        if self.sync_groups:
+            sync_batchnorm(self.model, comm, self.sync_groups)
         self.bn_stats = bn_statistics(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -241,15 +241,15 @@ class Pretraining:
     def _build_data(self) -> None:
         """Datasets on every rank; a manifest without a scan report is scanned by rank 0 alone."""
         cfg, c = self.cfg, self.comm
-        scan = None
         if c.is_main:
             self.out.mkdir(parents=True, exist_ok=True)  # scan.json may be written first
-        if cfg.data.name == "manifest" and not cfg.data.scan and c.distributed:
-            if c.is_main:
-                self.data = build_data(cfg, self.device, self.out)
+        shared_scan = cfg.data.name == "manifest" and not cfg.data.scan and c.distributed
+        if c.is_main or not shared_scan:
+            self.data = build_data(cfg, self.device, self.out if c.is_main else None)
+        if shared_scan:  # rank 0 scanned; the other ranks take its records
             scan = c.broadcast_object(self.data.scan if c.is_main else None)
-        if not (c.is_main and scan is not None):
-            self.data = build_data(cfg, self.device, self.out if c.is_main else None, scan=scan)
+            if not c.is_main:
+                self.data = build_data(cfg, self.device, None, scan=scan)
         self.labels, self.n_train = self.data.labels, len(self.data.train)
         for key, need, what in (("M", cfg.M, "one mini-batch"), ("N", cfg.N if cfg.uses_pool else 0, "the pool"),
                                 ("K", cfg.K if cfg.queue_init == "clips" else 0, "the initial dictionary")):
@@ -278,7 +278,7 @@ class Pretraining:
         return {"provenance": self.prov, "sampler_backend": self.backend, "precision": self.cfg.run.precision,
                 "distributed": {**c.describe(), "batch_per_rank": self.cfg.M // c.world,
                                 "bn_groups": self.bn_per_rank * c.world, "bn_groups_per_rank": self.bn_per_rank,
-                                "sync_bn": self.cfg.model.sync_bn and self.bn_per_rank == 1 and c.world > 1}}
+                                "sync_bn": self.sync_groups is not None}}
 
     # ---- start, resume, save ----
     def start(self) -> int:
@@ -383,8 +383,9 @@ class Pretraining:
         model.momentum_update()  # Alg. 1 l.38-39
         c.average_(self.bn_stats)
         t2 = time.perf_counter()
-        self._flush_skips(int(table[:, 5].sum()))
-        rec.update(self._record(s, o, losses, t1 - t0, t2 - t1, int(table[:, 5].sum())))
+        skipped = int(table[:, 5].sum())
+        self._flush_skips(skipped)
+        rec.update(self._record(s, o, losses, t1 - t0, t2 - t1, skipped))
         if cfg.run.check_sync_every and (s + 1) % cfg.run.check_sync_every == 0:
             rec["state_digest"] = c.assert_same(replicated_state(model, o.enqueued_v, o.enqueued_a))
         rec["time_comm"] = c.take_seconds()
