@@ -28,7 +28,7 @@ class Conv3d(nn.Conv3d):
     oneDNN's bf16 3-D convolution on CPUs with AVX512-BF16 (PyTorch 2.13, 2-core EPYC here)
     returns weight gradients that change between identical calls and are badly wrong for some
     shapes: relative error 0.76 against PyTorch's reference bf16 kernel for the tiny encoder's
-    layers.1.conv2, and occasionally NaN, which ended bf16 training runs after 110-190 steps
+    layers.1.conv2, and occasionally NaN, which ended bf16 training runs after 110-195 steps
     (see pytorch/pytorch#169688 for a wrong-result case of the same kernel family). Elsewhere --
     GPUs, fp32, fp16 -- it is plain nn.Conv3d."""
 
