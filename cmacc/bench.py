@@ -143,6 +143,19 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _check_sizes(args) -> str | None:
+    """The first impossible size among --pool, --batch, --dim, --rounds, --repeats, named."""
+    rounds = args.batch if args.rounds is None else args.rounds
+    for flag, value, low in (("--pool", args.pool, 1), ("--batch", args.batch, 1), ("--dim", args.dim, 1),
+                             ("--rounds", rounds, 1), ("--repeats", args.repeats, 1)):
+        if value < low:
+            return f"{flag} must be >= {low}, got {value}"
+    if rounds > args.pool:
+        return (f"--rounds {rounds} (default: --batch) distinct picks cannot come from --pool {args.pool} "
+                f"candidates; use --pool >= {rounds}")
+    return None
+
+
 def main(args) -> int:
     impls = tuple(args.impl.split(",")) if args.impl else IMPLS
     bad = [i for i in impls if i not in IMPLS]
@@ -151,6 +164,10 @@ def main(args) -> int:
         return 2
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda requested but CUDA is not available", file=sys.stderr)
+        return 2
+    problem = _check_sizes(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     rows = bench_sampler(args.device, args.pool, args.batch, args.dim, args.rounds, args.dtype, args.repeats, impls)
     print(format_table(rows))

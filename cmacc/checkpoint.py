@@ -7,7 +7,13 @@ from typing import Any
 
 import torch
 
+from .errors import InputError
+
 FORMAT = 1
+
+
+class CheckpointError(InputError, RuntimeError):
+    """A checkpoint file is missing, truncated or not cmacc's; the message names it."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -49,11 +55,32 @@ def save(path: str | Path, state: dict[str, Any]) -> None:
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated or foreign file
-        raise RuntimeError(f"checkpoint {path} cannot be read: {e}") from e
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise RuntimeError(f"checkpoint {path} is not a cmacc checkpoint of format {FORMAT}")
+        detail = " ".join(str(e).split()).split(". ")[0]  # e.g. "PytorchStreamReader failed reading zip archive: ..."
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {detail})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "step" not in state:
+        raise CheckpointError(f"checkpoint {path} is not a cmacc checkpoint of format {FORMAT}")
     return state
+
+
+def newest_intact(folder: str | Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict, str | None]:
+    """(path, state, why last.pt was passed over or None): last.pt, else the newest readable step_*.pt.
+
+    Both are written atomically, so a broken file means outside damage (a full disk, a bad copy);
+    the step-numbered copies beside last.pt are what a resume falls back on, and it says so."""
+    folder = Path(folder)
+    last = folder / "last.pt"
+    steps = sorted(folder.glob("step_*.pt"), reverse=True)
+    if not last.exists() and not steps:
+        raise CheckpointError(f"--resume: no checkpoint at {last}")
+    problems = [] if last.exists() else [f"checkpoint {last} does not exist"]
+    for path in ([last] if last.exists() else []) + steps:
+        try:
+            return path, load(path, map_location), (problems[0] if problems else None)
+        except CheckpointError as e:
+            problems.append(str(e))
+    raise CheckpointError(f"--resume: {'; '.join(problems)}; no intact checkpoint is left in {folder} "
+                          f"(keep more with run.keep_checkpoints)")

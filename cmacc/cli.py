@@ -14,7 +14,7 @@ from .errors import InputError
 
 def _pretrain(args: argparse.Namespace) -> int:
     from . import dist
-    from .train import NonFiniteLoss, pretrain  # heavy imports after argument parsing
+    from .train import Diverged, pretrain  # heavy imports after argument parsing
 
     if args.resume:
         if args.out is None:
@@ -34,7 +34,7 @@ def _pretrain(args: argparse.Namespace) -> int:
                   f"steps={cfg.steps}{world} -> {out}", file=sys.stderr)
         try:
             summary = pretrain(cfg, out, resume=args.resume, comm=comm)
-        except (NonFiniteLoss, dist.CommError) as e:
+        except (Diverged, dist.CommError) as e:
             print(f"error: {e}" if isinstance(e, dist.CommError) or not comm.distributed
                   else f"error (rank {comm.rank}): {e}", file=sys.stderr)
             return 1
@@ -49,6 +49,8 @@ def _pretrain(args: argparse.Namespace) -> int:
         return 0
     neg, p, data = summary["negatives"], summary["probe"], summary["data"]
     lines = [f"method {summary['method']}: {summary['steps']} steps, final loss {summary['final_loss']:.3f}"]
+    if summary.get("already_complete"):
+        lines[0] += f" (finished earlier: nothing to do; raise steps above {summary['steps']} to continue)"
     if neg["mean_categories"] is not None:
         lines.append(f"negatives: {neg['mean_categories']:.2f} distinct classes per {neg['per_step']} enqueued "
                      f"(uniform draws: {neg['uniform_expectation']:.2f})")
@@ -64,10 +66,11 @@ def _pretrain(args: argparse.Namespace) -> int:
         for e in data["left_out"]:
             lines.append(f"  left out {e['path']}: {e['reason']} ({e['detail']})")
     t = summary["time"]
-    if comm.distributed:
+    if comm.distributed and t["steps_per_second"]:
         lines.append(f"distributed: {comm.world} ranks ({comm.backend}), {t['steps_per_second']:.2f} steps/s, "
                      f"{1e3 * t['comm_per_step']:.1f} ms per step in collectives")
-    lines.append(f"wrote {out}/summary.json")
+    lines += [f"warning: {w}" for w in summary.get("warnings", [])]
+    lines.append(f"{'kept' if summary.get('already_complete') else 'wrote'} {out}/summary.json")
     print("\n".join(lines))
     return 0
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,8 +123,10 @@ class ProbeConfig:
 
 @dataclass
 class RunConfig:
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (the paper preset asks for cuda)
+    # torch intra-op threads of each training process; 0 = the cores this rank may use (its CPU
+    # affinity shared among the ranks on its host) less one per DataLoader worker, at least 1
+    threads: int = 0
     checkpoint_every: int = 100  # steps between atomic checkpoints (and one at the end)
     keep_checkpoints: int = 1  # step-numbered checkpoints kept besides last.pt
     progress: bool = True  # progress bar on stderr
@@ -134,6 +138,7 @@ class RunConfig:
 
 @dataclass
 class Config:
+    preset: str = "cpu"  # the preset the values started from (recorded; set with preset=NAME)
     method: str = "cmacc"
     seed: int = 0
     # -- the paper's hyper-parameters (§5); CPU-sized here, see PRESETS["paper"] --
@@ -184,12 +189,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data.frames": 16, "data.size": 224, "data.audio_frames": 64,
         "data.train_size": 240000, "data.num_workers": 8, "run.checkpoint_every": 1000,
         "run.keep_checkpoints": 3, "run.deterministic": False,
+        "run.device": "cuda",  # 3D-ResNet-18 at 224 px: GPUs; --set run.device=cpu to insist
     },
 }
 
 VIDEO_PRESETS = ("tiny", "r10", "r18")
 AUDIO_PRESETS = ("tiny", "r10", "r18")
 CHOICES: dict[str, tuple[str, ...]] = {
+    "preset": tuple(PRESETS),
     "method": tuple(METHODS),
     "lr_schedule": ("constant", "cosine"),
     "queue_init": ("clips", "random"),
@@ -302,20 +309,26 @@ def _apply(cfg: Config, key: str, value: Any, source: str) -> None:
     setattr(obj, leaf, value)
 
 
+def read_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML mapping of config keys, flattened; named errors for a missing or broken file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        detail = " ".join(str(e).split())
+        raise ConfigError(f"{what} {path} is not valid YAML: {detail}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping of keys, got {type(raw).__name__}")
+    return flatten(raw, source=str(path))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Build and validate a Config from an optional YAML file and ``key=value`` overrides."""
     layers: list[tuple[str, dict[str, Any]]] = []
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(raw).__name__}")
-        layers.append((str(path), flatten(raw, source=str(path))))
+        layers.append((str(path), read_yaml(path)))
     sets = dict(parse_set(s) for s in overrides)
     layers.append(("--set", sets))
 
@@ -325,7 +338,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             preset = layer.pop("preset")
             if preset not in PRESETS:
                 raise ConfigError(f"config key 'preset' (from {source}) must be one of {sorted(PRESETS)}, got {preset!r}")
-    cfg = Config()
+    cfg = Config(preset=preset)
     for key, value in PRESETS[preset].items():
         _apply(cfg, key, value, f"preset {preset}")
     for source, layer in layers:
@@ -336,7 +349,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def config_from_dict(d: dict[str, Any], source: str = "saved config") -> Config:
-    """Inverse of Config.to_dict; validates."""
+    """Inverse of Config.to_dict (flat or nested); validates."""
     cfg = Config()
     for key, value in flatten(d, source=source).items():
         _apply(cfg, key, value, source)
@@ -344,8 +357,16 @@ def config_from_dict(d: dict[str, Any], source: str = "saved config") -> Config:
     return cfg
 
 
-# What a resumed run may change: its length, and how it runs and is evaluated.
+# What a resumed run may change: its length, and how it runs and is evaluated...
 RESUMABLE = ("steps", "run.", "probe.", "data.num_workers")
+# ...and, to recover from a diverged step, the optimisation keys (with a warning, recorded in run.json).
+RECOVERY = ("lr", "lr_schedule", "warmup_steps", "weight_decay", "tau")
+
+
+def changed_keys(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{key: (before, after)} for the leaves of two Config.to_dict()'s that differ."""
+    b, a = flatten(before), flatten(after)
+    return {k: (b.get(k), a[k]) for k in a if a[k] != b.get(k) and k != "preset"}
 
 
 def resume_config(saved_path: str | Path, path: str | Path | None = None,
@@ -354,10 +375,10 @@ def resume_config(saved_path: str | Path, path: str | Path | None = None,
     saved_path = Path(saved_path)
     if not saved_path.is_file():
         raise ConfigError(f"--resume: {saved_path} not found; is {saved_path.parent} a cmacc run folder?")
-    saved = config_from_dict(yaml.safe_load(saved_path.read_text()) or {}, source=str(saved_path))
+    saved = config_from_dict(read_yaml(saved_path, "saved config"), source=str(saved_path))
     changes: dict[str, Any] = {}
     if path is not None:
-        changes.update(flatten(yaml.safe_load(Path(path).read_text()) or {}, source=str(path)))
+        changes.update(read_yaml(path))
     changes.update(dict(parse_set(s) for s in overrides))
     if "preset" in changes:  # the start's command line repeated (sbatch --requeue): resolve it as a start
         cfg = load_config(path, overrides)
@@ -365,13 +386,17 @@ def resume_config(saved_path: str | Path, path: str | Path | None = None,
         cfg = copy.deepcopy(saved)
         for key, value in changes.items():
             _apply(cfg, key, value, "--resume override")
-    before, after = flatten(saved.to_dict()), flatten(cfg.to_dict())
-    for key in after:
-        if after[key] != before[key] and not (key == "steps" or key.startswith(RESUMABLE)):
-            raise ConfigError(f"config key '{key}' cannot change when resuming "
-                              f"(saved {before[key]!r}, asked {after[key]!r}); start a new --out instead")
+    for key, (was, now) in changed_keys(saved.to_dict(), cfg.to_dict()).items():
+        if not (key.startswith(RESUMABLE) or key in RECOVERY):
+            raise ConfigError(f"config key '{key}' cannot change when resuming (saved {was!r}, asked {now!r}); "
+                              f"only steps, run.*, probe.*, data.num_workers and {', '.join(RECOVERY)} may; "
+                              f"start a new --out instead")
     validate(cfg)
     return cfg
+
+
+TAU = (1e-3, 10.0)  # contrastive and pseudo-posterior temperatures: beyond these the softmax is one-hot or flat
+LR_MAX = 1.0
 
 
 def validate(cfg: Config) -> None:
@@ -384,14 +409,20 @@ def validate(cfg: Config) -> None:
     flat = flatten(cfg.to_dict())
     for key, choices in CHOICES.items():
         need(flat[key] in choices, key, f"must be one of {list(choices)}, got {flat[key]!r}")
+    for key, tp in LEAVES.items():
+        if tp is float:
+            need(math.isfinite(flat[key]), key, f"must be a finite number, got {flat[key]}")
+    need(0 <= cfg.seed < 2**63, "seed", f"must lie in [0, 2**63), got {cfg.seed}")
     need(cfg.M >= 2, "M", f"mini-batch must hold at least 2 clips, got {cfg.M}")
     need(cfg.K >= cfg.M, "K", f"dictionary size K={cfg.K} must be at least M={cfg.M}")
     need(cfg.K % cfg.M == 0, "K", f"K={cfg.K} must be a multiple of M={cfg.M} (the queue advances M per step)")
     need(cfg.N >= cfg.M, "N", f"pool size N={cfg.N} must be at least M={cfg.M}")
     need(cfg.N % cfg.M == 0, "N", f"pool size N={cfg.N} must be a multiple of M={cfg.M} (pool encoded in mini-batches)")
     need(0.0 <= cfg.m < 1.0, "m", f"momentum must lie in [0, 1), got {cfg.m}")
-    need(cfg.tau > 0, "tau", f"temperature must be positive, got {cfg.tau}")
-    need(cfg.lr > 0, "lr", f"learning rate must be positive, got {cfg.lr}")
+    need(TAU[0] <= cfg.tau <= TAU[1], "tau", f"temperature must lie in [{TAU[0]:g}, {TAU[1]:g}] (logits are "
+         f"similarities / tau; the paper uses 0.07-0.7), got {cfg.tau}")
+    need(0 < cfg.lr <= LR_MAX, "lr", f"Adam's learning rate must lie in (0, {LR_MAX:g}] (every weight moves by "
+         f"about lr per step; the paper uses 1e-3), got {cfg.lr}")
     need(cfg.weight_decay >= 0, "weight_decay", f"must be >= 0, got {cfg.weight_decay}")
     need(cfg.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {cfg.warmup_steps}")
     need(cfg.steps >= 1, "steps", f"must be >= 1, got {cfg.steps}")
@@ -436,7 +467,8 @@ def validate(cfg: Config) -> None:
              f"each BN group needs >= 2 clips; M={cfg.M} / bn_splits={mo.bn_splits} leaves {cfg.M // mo.bn_splits}")
     need(not (cfg.spec.objective == "self" and cfg.fc == "cross"), "model.fc",
          f"method={cfg.method} is unimodal: a cross-modal FC layer has no partner")
-    need(cfg.sampler.temperature > 0, "sampler.temperature", f"must be positive, got {cfg.sampler.temperature}")
+    need(TAU[0] <= cfg.sampler.temperature <= 1 / TAU[0], "sampler.temperature",
+         f"must lie in [{TAU[0]:g}, {1 / TAU[0]:g}] (Eq. 5 uses 1), got {cfg.sampler.temperature}")
     if cfg.uses_pool and d.name == "synthetic":
         need(d.train_size >= cfg.N, "N",
              f"pool size N={cfg.N} exceeds the dataset (data.train_size={d.train_size}); the pool holds distinct clips")
@@ -456,7 +488,7 @@ def _validate_run(r: RunConfig) -> None:
         if not ok:
             raise ConfigError(f"config key '{key}': {msg}")
 
-    need(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"), "run.device",
+    need(re.fullmatch(r"auto|cpu|cuda(:\d+)?", r.device) is not None, "run.device",
          f"must be auto, cpu, cuda or cuda:N, got {r.device!r}")
     need(r.threads >= 0, "run.threads", f"must be >= 0, got {r.threads}")
     need(r.checkpoint_every >= 1, "run.checkpoint_every", f"must be >= 1, got {r.checkpoint_every}")

@@ -351,7 +351,8 @@ def resolve_device(name: str, launch: Launch) -> torch.device:
     dev = torch.device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"config key 'run.device': {name!r} requested but CUDA is not available")
+            raise ConfigError(f"config key 'run.device': {name!r} requested but CUDA is not available here (the "
+                              f"paper preset asks for GPUs); --set run.device=cpu runs on the CPU anyway")
         if launch.world > 1:
             if dev.index is not None:
                 raise ConfigError(f"config key 'run.device': {name!r} pins one GPU but {launch.world} ranks run; "

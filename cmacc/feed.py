@@ -37,8 +37,9 @@ class Feed:
     """Finished batches from a dataset: workers load clips (collate), the main process finishes
     them (DALI decoding, stacking) and reports every clip skipped under the bad-input policy."""
 
-    def __init__(self, dataset, device: torch.device, cfg: Config, skip_log=None) -> None:
-        self.dataset, self.device, self.num_workers = dataset, device, cfg.data.num_workers
+    def __init__(self, dataset, device: torch.device, cfg: Config, skip_log=None, workers: int | None = None) -> None:
+        self.dataset, self.device = dataset, device
+        self.num_workers = cfg.data.num_workers if workers is None else workers  # cmacc.cores caps it
         self.finish = Finisher(dataset if isinstance(dataset, ManifestAV) else None, device,
                                max_batch=cfg.M, num_threads=cfg.data.dali_threads)
         self.skip_log = skip_log  # callable(list of (path, reason)) or None

@@ -57,6 +57,8 @@ class StepOutput:
     acc_a: torch.Tensor
     enqueued_v: torch.Tensor  # clip ids enqueued into D_v this step (M,), the same on every rank
     enqueued_a: torch.Tensor  # clip ids enqueued into D_a this step (M,)
+    spread_v: torch.Tensor  # sqrt(1 - |mean q_v|^2) over this rank's queries: 0 when they collapse to one point
+    spread_a: torch.Tensor
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -69,6 +71,12 @@ class QueryEncoders(nn.Module):
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.f_v(video), self.f_a(audio)
+
+
+@torch.no_grad()
+def spread(q: torch.Tensor) -> torch.Tensor:
+    """Root mean squared distance of unit queries to their mean: 1 for a spread batch, 0 for a collapsed one."""
+    return (1 - q.float().mean(0).square().sum()).clamp_min(0).sqrt()
 
 
 def infonce(q: torch.Tensor, k_pos: torch.Tensor, D: torch.Tensor, tau: float):
@@ -298,4 +306,4 @@ class CrossModalMoCo(nn.Module):
             self._enqueue(self.D_a, self.D_a_ids, k_a, batch_ids)
             self._advance()
         return StepOutput(loss_v + loss_a, loss_v.detach(), loss_a.detach(), acc_v, acc_a,
-                          enq_v, enq_a, timings)
+                          enq_v, enq_a, spread(q_v), spread(q_a), timings)

@@ -31,13 +31,21 @@ def _negatives(recs: list[dict], data: Data, M: int) -> dict:
     }
 
 
-def _probe(cfg: Config, model, data: Data, device: torch.device, random_init: Callable) -> dict:
+def _warnings(recs: list[dict]) -> list[str]:
+    collapsed = [r["step"] for r in recs if r.get("collapsed")]
+    if not collapsed:
+        return []
+    return [f"collapse: the embeddings were collapsed at {len(collapsed)} of {len(recs)} logged steps "
+            f"(first flagged at step {collapsed[0]}, last at {collapsed[-1]}); the probes measure a dead model"]
+
+
+def _probe(cfg: Config, model, data: Data, device: torch.device, random_init: Callable, workers: int) -> dict:
     if not cfg.probe.enabled:
         return {"skipped": "probe.enabled=false"}
     if data.probe_train is None or data.probe_test is None:
         return {"skipped": "no labelled probe_train / probe_test splits in the manifest"}
     t0 = time.perf_counter()
-    args = (data.probe_train, data.probe_test, device, cfg.probe.C, cfg.seed, cfg.data.num_workers)
+    args = (data.probe_train, data.probe_test, device, cfg.probe.C, cfg.seed, workers)
     pre = probe.linear_probe(model.f_v, model.f_a, *args)
     f_v0, f_a0 = random_init()
     rnd = probe.linear_probe(f_v0.to(device), f_a0.to(device), *args)
@@ -54,10 +62,13 @@ def finish(cfg: Config, out: Path, model, data: Data, device: torch.device, rand
     """Probes and summary.json. ``info``: provenance, sampler backend, distributed layout."""
     recs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     skips = [json.loads(ln) for ln in (out / "skipped.jsonl").read_text().splitlines() if ln.strip()]
-    summary: dict = {"method": cfg.method, "steps": cfg.steps, "final_loss": recs[-1]["loss"],
+    if not recs or recs[-1]["step"] != cfg.steps:
+        raise RuntimeError(f"{out / 'metrics.jsonl'} ends at step {recs[-1]['step'] if recs else 0}, "
+                           f"not at the run's last step {cfg.steps}")
+    summary: dict = {"method": cfg.method, "steps": recs[-1]["step"], "final_loss": recs[-1]["loss"],
                      "final_loss_mean10": float(np.mean([r["loss"] for r in recs[-10:]])),
                      "negatives": _negatives(recs, data, cfg.M),
-                     "probe": _probe(cfg, model, data, device, random_init)}
+                     "probe": _probe(cfg, model, data, device, random_init, info["cpu"]["workers"])}
     summary["data"] = {**{k: v for k, v in data.info.items() if k != "excluded"},
                        "left_out": data.info.get("excluded", []),
                        "skipped_while_training": len(skips),
@@ -71,6 +82,7 @@ def finish(cfg: Config, out: Path, model, data: Data, device: torch.device, rand
         "sampler_per_step": mean("time_sampler"),
         "comm_per_step": mean("time_comm"),
     }
+    summary["warnings"] = _warnings(recs)
     summary.update(info)
     summary["config"] = cfg.to_dict()
     checkpoint.write_atomic(out / "summary.json", json.dumps(summary, indent=2))

@@ -23,6 +23,7 @@ import inspect
 import json
 import logging
 import math
+import shutil
 import signal
 import sys
 import threading
@@ -37,14 +38,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import checkpoint, dist, provenance
-from .config import Config, ConfigError, dump_yaml
+from . import checkpoint, cores, dist, provenance
+from .config import RECOVERY, Config, ConfigError, changed_keys, dump_yaml
 from .data.build import build_data
 from .dist import Comm
 from .feed import STEP, Amp, Feed, StepBatches, generator, init_queues, pick_encoder, refresh_pool
+from .health import CollapseWatch, all_finite, non_finite_names
 from .moco import CrossModalMoCo, SamplerOptions
 from .models import build_encoder
-from .sampling import resolve_backend
+from .sampling import NonFiniteInput, resolve_backend
 from .summary import finish
 
 log = logging.getLogger("cmacc")
@@ -57,8 +59,11 @@ NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
                   else {"broadcast_buffers": False})
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+class Diverged(RuntimeError):
+    """A step produced NaN or Inf (loss, parameters or the sampler's inputs); nothing of it was saved."""
+
+
+NonFiniteLoss = Diverged  # the name before parameters were checked too
 
 
 def lr_schedule(cfg: Config) -> np.ndarray:
@@ -202,9 +207,10 @@ class Pretraining:
         self.ckpt_dir = out / "checkpoints"
         self.last = self.ckpt_dir / "last.pt"
         self.metrics_path, self.skips_path = out / "metrics.jsonl", out / "skipped.jsonl"
+        self.state, self.resumed_from, self.fallback, self.complete = None, None, None, False
         comm.agree(self._preflight())
-        if cfg.run.threads:
-            torch.set_num_threads(cfg.run.threads)
+        self.budget = cores.plan(cfg.run.threads, cfg.data.num_workers, comm.launch.local_world)
+        cores.apply(self.budget, comm.launch.local_world)
         torch.use_deterministic_algorithms(cfg.run.deterministic, warn_only=True)
         self.device = comm.device
         self.backend = resolve_backend(cfg.sampler.backend, self.device)
@@ -228,14 +234,33 @@ class Pretraining:
         self.lrs = lr_schedule(cfg)
         self.spe = max(1, self.n_train // cfg.M)  # steps per epoch
         self.refresh_every = cfg.pool_refresh or self.spe
-        self.feed = Feed(self.data.train, self.device, cfg, self._skipped)
+        self.feed = Feed(self.data.train, self.device, cfg, self._skipped, workers=self.budget.workers)
+        self.collapse = CollapseWatch(cfg.K, warmup=cfg.warmup_steps)
+        self.saved_step = None  # the newest checkpoint on disk: the last good state
 
     def _preflight(self) -> Exception | None:
         if self.last.exists() and not self.resume:
             return FileExistsError(f"{self.out} already holds a run ({self.last}); pass --resume to continue it "
                                    f"or choose another --out")
-        if self.resume and not self.last.exists():
-            return FileNotFoundError(f"--resume: no checkpoint at {self.last}")
+        if not self.resume:
+            return None
+        try:  # last.pt, or the newest intact step_*.pt when last.pt is damaged
+            self.resumed_from, self.state, self.fallback = checkpoint.newest_intact(self.ckpt_dir)
+        except checkpoint.CheckpointError as e:
+            return e
+        at = int(self.state["step"])
+        summary = self.out / "summary.json"
+        self.complete = at == self.cfg.steps and summary.exists()
+        if summary.exists() and at < self.cfg.steps and self.comm.is_main:  # going on: keep the old one aside
+            try:
+                done = int(json.loads(summary.read_text())["steps"])
+            except (OSError, ValueError, KeyError, TypeError):
+                done = at
+            summary.replace(self.out / f"summary_step_{done:08d}.json")
+        if self.cfg.steps < at:
+            return ConfigError(f"config key 'steps': {self.cfg.steps} is below step {at} of {self.resumed_from}; "
+                               f"a resumed run goes on from its checkpoint (steps >= {at}) -- start a new --out "
+                               f"for a shorter run")
         return None
 
     def _build_data(self) -> None:
@@ -276,6 +301,7 @@ class Pretraining:
     def _info(self) -> dict:
         c = self.comm
         return {"provenance": self.prov, "sampler_backend": self.backend, "precision": self.cfg.run.precision,
+                "cpu": self.budget.to_dict(),
                 "distributed": {**c.describe(), "batch_per_rank": self.cfg.M // c.world,
                                 "bn_groups": self.bn_per_rank * c.world, "bn_groups_per_rank": self.bn_per_rank,
                                 "sync_bn": self.sync_groups is not None}}
@@ -289,7 +315,6 @@ class Pretraining:
         else:
             if c.is_main:
                 self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-                checkpoint.write_atomic(self.out / "config.yaml", dump_yaml(cfg))
                 self.metrics_path.write_text("")
                 self.skips_path.write_text("")
             if cfg.queue_init == "clips":  # Alg. 1 l.3-5
@@ -303,20 +328,41 @@ class Pretraining:
                 q, device_ids=[self.device] if cuda else None, **NO_BUFFER_SYNC))
         self._flush_skips()
         if c.is_main:
+            checkpoint.write_atomic(self.out / "config.yaml", dump_yaml(cfg))  # a resume's changes included
             checkpoint.write_atomic(self.out / "run.json", json.dumps(
-                {**self._info(), "resumed_from_step": start if self.resume else None, "data": self.data.info},
-                indent=2))
+                {**self._info(), "resumed_from_step": start if self.resume else None,
+                 "resumes": self._resumes(start), "data": self.data.info}, indent=2))
+        if not self.resume:
+            self.save(0)  # the state before any update: a run that diverges early can still be resumed
         self.start_step = start
         return start
 
+    def _resumes(self, start: int) -> list[dict]:
+        """run.json's history of resumes: earlier ones (from the previous run.json) and this one."""
+        if not self.resume:
+            return []
+        try:
+            history = json.loads((self.out / "run.json").read_text()).get("resumes") or []
+        except (OSError, ValueError, AttributeError):
+            history = []
+        changed = changed_keys(self.saved_config, self.cfg.to_dict())
+        return history + [{"step": start, "checkpoint": str(self.resumed_from), "fallback_reason": self.fallback,
+                           "world_size": self.comm.world, "changed": {k: list(v) for k, v in changed.items()}}]
+
     def _load(self) -> int:
-        state = checkpoint.load(self.last, map_location=self.device)
+        state, start = self.state, int(self.state["step"])
+        if self.fallback:
+            log.warning("%s; resuming from %s (step %d) instead", self.fallback, self.resumed_from, start)
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        start = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
+        self.saved_config = state["config"]
+        for key, (was, now) in changed_keys(self.saved_config, self.cfg.to_dict()).items():
+            if key in RECOVERY:
+                log.warning("resuming with %s=%r (was %r): the run changes its optimisation at step %d "
+                            "(recorded in run.json)", key, now, was, start)
         saved_world = int(state.get("world_size", 1))
         if saved_world != self.comm.world:
             log.warning("resuming a run saved by %d rank(s) on %d%s", saved_world, self.comm.world,
@@ -327,7 +373,8 @@ class Pretraining:
                 kept = [ln for ln in path.read_text().splitlines() if _step_of(ln) is not None
                         and _step_of(ln) <= start] if path.exists() else []
                 checkpoint.write_atomic(path, "".join(ln + "\n" for ln in kept))
-        log.info("resumed from %s at step %d", self.last, start)
+        self.state, self.saved_step = None, (start, self.resumed_from)
+        log.info("resumed from %s at step %d", self.resumed_from, start)
         return start
 
     def save(self, step: int) -> None:
@@ -343,6 +390,7 @@ class Pretraining:
                 for p in sorted(self.ckpt_dir.glob("step_*.pt"))[:-cfg.run.keep_checkpoints]:
                     p.unlink()
         self.comm.barrier()
+        self.saved_step = (step, self.last)
 
     # ---- one step ----
     def step(self, s: int, stop: _Stop) -> tuple[dict, str | None]:
@@ -364,34 +412,54 @@ class Pretraining:
         self.where["where"] = "picks"
         enc = pick_encoder(model, self.feed, s // self.refresh_every, self.amp) \
             if model.uses_pool and cfg.sampler.fresh_keys else None
-        with self.amp():
-            o = model(v, a, ids, vk, ak, generator=generator(cfg.seed, STEP, s, device=self.device), encode_picks=enc)
-        # One gather per step: every rank's losses, skips and stop requests, before the update.
-        mine = torch.stack([o.loss.detach(), o.loss_v, o.loss_a, o.acc_v, o.acc_a]).float().tolist()
-        table = c.gather_values(mine + [len(self.pending_skips), stop.requested == "SIGTERM",
-                                        stop.requested == "SIGINT"])
-        losses = table[:, :5].mean(0).tolist()  # equal shares: the mean over ranks is the global mean
+        try:
+            with self.amp():
+                o = model(v, a, ids, vk, ak, generator=generator(cfg.seed, STEP, s, device=self.device),
+                          encode_picks=enc)
+        except NonFiniteInput:  # the same gathered inputs on every rank: all ranks stop here
+            raise self._diverged(s, "the sampler's inputs (pool keys or queries) hold NaN or Inf") from None
+        # One gather per step: every rank's losses, spreads, skips and stop requests, before the update.
+        mine = torch.stack([o.loss.detach(), o.loss_v, o.loss_a, o.acc_v, o.acc_a, o.spread_v, o.spread_a])
+        table = c.gather_values(mine.float().tolist() + [len(self.pending_skips), stop.requested == "SIGTERM",
+                                                         stop.requested == "SIGINT"])
+        losses = table[:, :7].mean(0).tolist()  # equal shares: the mean over ranks is the global mean
         if not all(math.isfinite(x) for x in losses[:3]):
             bad = [r for r in range(c.world) if not all(math.isfinite(x) for x in table[r, :3].tolist())]
-            raise NonFiniteLoss(f"non-finite loss at step {s + 1} on rank(s) {bad}: loss_v={losses[1]} "
-                                f"loss_a={losses[2]} (lr={self.lrs[s]:.3g}); last checkpoint in {self.last}")
-        self.opt.zero_grad(set_to_none=True)
-        with c.guard("the gradient all-reduce"):
-            self.scaler.scale(o.loss).backward()  # DDP all-reduces (averages) the gradients
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        model.momentum_update()  # Alg. 1 l.38-39
-        c.average_(self.bn_stats)
+            raise self._diverged(s, f"non-finite loss on rank(s) {bad}: loss_v={losses[1]} loss_a={losses[2]}")
+        self._update(s, o.loss)
         t2 = time.perf_counter()
-        skipped = int(table[:, 5].sum())
+        skipped = int(table[:, 7].sum())
         self._flush_skips(skipped)
         rec.update(self._record(s, o, losses, t1 - t0, t2 - t1, skipped))
         if cfg.run.check_sync_every and (s + 1) % cfg.run.check_sync_every == 0:
             rec["state_digest"] = c.assert_same(replicated_state(model, o.enqueued_v, o.enqueued_a))
         rec["time_comm"] = c.take_seconds()
         rec["time_step"] = time.perf_counter() - t_start
-        signal_name = "SIGTERM" if table[:, 6].any() else "SIGINT" if table[:, 7].any() else None
+        signal_name = "SIGTERM" if table[:, 8].any() else "SIGINT" if table[:, 9].any() else None
         return rec, signal_name
+
+    def _update(self, s: int, loss: torch.Tensor) -> None:
+        """Backward, Adam, momentum update, BN statistics; committed only if everything is finite."""
+        model = self.model
+        self.opt.zero_grad(set_to_none=True)
+        with self.comm.guard("the gradient all-reduce"):
+            self.scaler.scale(loss).backward()  # DDP all-reduces (averages) the gradients
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        model.momentum_update()  # Alg. 1 l.38-39
+        self.comm.average_(self.bn_stats)
+        # Parameters and BN statistics are replicated, so every rank reaches the same verdict.
+        if not all_finite([p for p in model.parameters()] + self.bn_stats):
+            names = non_finite_names(list(model.named_parameters()) + list(model.named_buffers()))
+            raise self._diverged(s, f"the update made {len(names)} tensor(s) non-finite "
+                                    f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
+
+    def _diverged(self, s: int, what: str) -> Diverged:
+        at, path = self.saved_step
+        return Diverged(f"step {s + 1}: {what} at lr={self.lrs[s]:.3g}; nothing after step {at} was saved. "
+                        f"The last good checkpoint is {path} (step {at}); to recover, resume with gentler "
+                        f"settings, e.g. `cmacc pretrain --out {self.out} --resume --set lr={self.cfg.lr / 10:g}` "
+                        f"({', '.join(RECOVERY)} may change on --resume)")
 
     def _refresh(self, round_: int) -> dict:
         t0 = time.perf_counter()
@@ -406,7 +474,11 @@ class Pretraining:
     def _record(self, s: int, o, losses: list[float], t_data: float, t_compute: float, skipped: int) -> dict:
         cat_v, cat_a = _count_categories(self.labels, o.enqueued_v), _count_categories(self.labels, o.enqueued_a)
         both = None if cat_v is None or cat_a is None else (cat_v + cat_a) / 2
+        warning = self.collapse.update(s + 1, (losses[1], losses[2]), (losses[5], losses[6]))
+        if warning and self.comm.is_main:
+            log.warning(warning)
         return dict(loss=losses[0], loss_v=losses[1], loss_a=losses[2], acc_v=losses[3], acc_a=losses[4],
+                    spread_v=losses[5], spread_a=losses[6], collapsed=self.collapse.collapsed,
                     lr=float(self.lrs[s]), skipped=skipped, time_data=t_data, time_compute=t_compute,
                     time_sampler=o.timings.get("sampler", 0.0), time_picks=o.timings.get("encode_picks", 0.0),
                     neg_categories=both, neg_categories_v=cat_v, neg_categories_a=cat_a,
@@ -434,7 +506,8 @@ class Pretraining:
                         mf.flush()
                         bar.update(1)
                         bar.set_postfix(loss=f"{rec['loss']:.3f}", data=f"{1e3 * rec['time_data']:.0f}ms",
-                                        compute=f"{1e3 * rec['time_compute']:.0f}ms")
+                                        compute=f"{1e3 * rec['time_compute']:.0f}ms",
+                                        **({"COLLAPSED": "see log"} if rec["collapsed"] else {}))
                     if step % cfg.run.checkpoint_every == 0 or step == cfg.steps or signal_name:
                         self.save(step)
                     c.heartbeat(step)
@@ -470,11 +543,19 @@ def pretrain(cfg: Config, out: str | Path, *, resume: bool = False,
     line is written (tests use it to simulate a crash). Returns the summary dict on rank 0,
     {"stopped_at", "signal"} when a signal stopped the run, {"rank", "steps"} on other ranks.
     """
-    own = comm is None
+    own, out = comm is None, Path(out)
     comm = dist.init(cfg.run.device, cfg.run.dist_timeout) if own else comm
+    ours = comm.is_main and not resume and not out.exists()  # a failed start removes the folder it made
+    started = False
     try:
-        run = Pretraining(cfg, Path(out), comm, resume)
-        start = run.start()
+        with _terminate_raises():  # a SIGTERM while starting still removes the half-made folder
+            run = Pretraining(cfg, out, comm, resume)
+            if run.complete:
+                log.info("%s already finished its %d steps (summary.json); raise steps to continue", out, cfg.steps)
+                return {**json.loads((out / "summary.json").read_text()), "already_complete": True} \
+                    if comm.is_main else {"rank": comm.rank, "steps": cfg.steps}
+            start = run.start()
+        started = True
         t0 = time.perf_counter()
         step, signal_name = run.train(start, on_step)
         if signal_name:
@@ -484,7 +565,39 @@ def pretrain(cfg: Config, out: str | Path, *, resume: bool = False,
         return run.finish(time.perf_counter() - t0, step - start)
     except BaseException as e:
         comm.report_exit(f"{type(e).__name__}: {e}")
+        if ours and not started:
+            _remove_failed_start(out)
         raise
     finally:
         if own:
             comm.close()
+
+
+@contextlib.contextmanager
+def _terminate_raises():
+    """SIGTERM raises SystemExit(143) inside the block (main thread only), so cleanup code runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+    old = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _remove_failed_start(out: Path) -> None:
+    """Undo a start that failed before its first checkpoint; a scan report is worth keeping."""
+    if not out.is_dir():
+        return
+    scan = out / "scan.json"
+    for p in out.iterdir():
+        if p != scan:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    if scan.exists():
+        log.info("the start failed; kept the scan report %s", scan)
+    else:
+        out.rmdir()

@@ -110,7 +110,7 @@ def nan_on_rank_one(out: str):
 
     import cmacc.moco as moco
     from cmacc.config import load_config
-    from cmacc.train import NonFiniteLoss, pretrain
+    from cmacc.train import Diverged, pretrain
     from test_train import TINY
     rank = int(__import__("os").environ["RANK"])
     real = moco.infonce
@@ -127,10 +127,11 @@ def nan_on_rank_one(out: str):
     cfg = load_config(overrides=TINY + ["probe.enabled=false", "run.checkpoint_every=1"])
     try:
         pretrain(cfg, out)
-    except NonFiniteLoss as e:
-        assert "non-finite loss at step 4 on rank(s) [1]" in str(e), e
+    except Diverged as e:
+        assert "step 4: non-finite loss on rank(s) [1]" in str(e) and "last good checkpoint" in str(e) \
+            and "(step 3)" in str(e), e
     else:
-        raise AssertionError("no NonFiniteLoss")
+        raise AssertionError("no Diverged")
     if rank == 0:
         lines = pathlib.Path(out, "metrics.jsonl").read_text().splitlines()
         assert [json.loads(ln)["step"] for ln in lines] == [1, 2, 3]

@@ -1,7 +1,12 @@
 """Triton k-means++ seeding kernel vs its reference twin (kernels/kmeanspp.py), and the
 Triton backend of cmacc.sampling.select."""
+import os
+
 import pytest
 import torch
+
+if os.environ.get("CMACC_REQUIRE_TRITON") != "1":  # CI sets it: there a missing Triton fails, not skips
+    pytest.importorskip("triton", reason="the Triton kernels need `pip install cmacc[triton]` (in [dev])")
 
 from cmacc import sampling
 from cmacc.kernels.kmeanspp import kmeanspp, kmeanspp_reference

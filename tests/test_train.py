@@ -12,7 +12,7 @@ import torch
 
 from cmacc.cli import main
 from cmacc.config import load_config
-from cmacc.train import NonFiniteLoss, pretrain
+from cmacc.train import pretrain
 
 TINY = ["data.num_classes=8", "data.train_size=96", "data.probe_train_size=16", "data.probe_test_size=16",
         "data.frames=4", "data.size=16", "data.audio_frames=8", "M=8", "K=16", "N=48", "steps=12",
@@ -74,25 +74,6 @@ def test_summary_and_outputs(tmp_path):
 
 def test_stale_pool_keys_option_runs(tmp_path):
     pretrain(tiny("sampler.fresh_keys=false", "probe.enabled=false", "steps=4"), tmp_path / "r")
-
-
-def test_non_finite_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
-    import cmacc.moco as moco
-    real = moco.infonce
-    def poisoned(q, k, D, tau):
-        loss, acc = real(q, k, D, tau)
-        return loss * float("nan"), acc
-    monkeypatch.setattr(moco, "infonce", poisoned)
-    with pytest.raises(NonFiniteLoss, match="non-finite loss at step 1.*last checkpoint"):
-        pretrain(tiny("probe.enabled=false"), tmp_path / "r")
-
-
-def test_resume_rejects_unreadable_checkpoint(tmp_path):
-    out = tmp_path / "r"
-    pretrain(tiny("probe.enabled=false", "steps=4"), out)
-    (out / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="last.pt cannot be read"):
-        pretrain(tiny("probe.enabled=false", "steps=8"), out, resume=True)
 
 
 def test_cli_config_errors_name_the_key(tmp_path, capsys):

@@ -24,6 +24,8 @@ the same generator state gives the same picks, on every backend.
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import os
 
 import torch
@@ -33,7 +35,7 @@ from .posterior import (PseudoPosterior, gradient_embeddings, gradient_factors, 
                         pseudo_posterior)
 
 __all__ = [
-    "EMBEDDINGS", "BACKENDS", "select", "resolve_backend", "pseudo_posterior", "PseudoPosterior",
+    "EMBEDDINGS", "BACKENDS", "NonFiniteInput", "select", "resolve_backend", "pseudo_posterior", "PseudoPosterior",
     "gradient_factors", "gradient_embeddings", "key_gradient", "kmeanspp", "exp_noise", "race",
 ]
 
@@ -42,6 +44,10 @@ log = logging.getLogger(__name__)
 EMBEDDINGS = ("gradient", "feature", "key_gradient", "ohem", "random")
 BACKENDS = ("auto", "torch", "triton")
 ENV_BACKEND = "CMACC_SAMPLER_BACKEND"
+
+
+class NonFiniteInput(ValueError):
+    """pool_keys or queries hold NaN or Inf: an upstream model diverged (picks would be noise)."""
 
 
 def _triton_available(device: torch.device) -> tuple[bool, str]:
@@ -77,6 +83,37 @@ def resolve_backend(backend: str = "auto", device: torch.device | str = "cpu") -
     return backend
 
 
+def _as_tensor(name: str, x, device: torch.device | None = None) -> torch.Tensor | None:
+    """torch tensors pass; numpy arrays and (nested) lists are converted (numpy: without a copy)."""
+    if x is None or isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, (list, tuple)) or type(x).__module__ == "numpy":
+        try:
+            t = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"{name} cannot be read as a tensor: {e}") from None
+        return t if device is None else t.to(device)
+    raise TypeError(f"{name} must be a torch.Tensor, numpy array or list, got {type(x).__name__}")
+
+
+def _inputs(pool_keys, queries, num, exclude, temperature, noise):
+    """Accept numpy arrays, lists and integer-like ``num`` consistently; refuse the rest by name."""
+    pool_keys = _as_tensor("pool_keys", pool_keys)
+    device = pool_keys.device
+    queries = _as_tensor("queries", queries, device)
+    noise = _as_tensor("noise", noise, device)
+    exclude = _as_tensor("exclude", exclude, device)
+    if exclude is not None and exclude.dtype != torch.bool:
+        raise ValueError(f"exclude must be a bool mask of shape ({pool_keys.shape[0]},) (True = never pick), got "
+                         f"{exclude.dtype} {tuple(exclude.shape)}; for a list of indices set mask[indices] = True")
+    if isinstance(num, bool) or not isinstance(num, numbers.Integral):
+        raise ValueError(f"num must be a non-negative int, got {num!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
+            or not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0 (Eq. 5 uses 1), got {temperature!r}")
+    return pool_keys, queries, int(num), exclude, float(temperature), noise
+
+
 def _check(pool_keys, queries, num, embedding, exclude, noise):
     if embedding not in EMBEDDINGS:
         raise ValueError(f"embedding must be one of {list(EMBEDDINGS)}, got {embedding!r}")
@@ -101,19 +138,26 @@ def _check(pool_keys, queries, num, embedding, exclude, noise):
             raise ValueError(f"exclude must be a bool mask of shape ({n},), got {exclude.dtype} {tuple(exclude.shape)}")
         if exclude.device != pool_keys.device:
             raise ValueError(f"exclude on {exclude.device} but pool_keys on {pool_keys.device}")
+    good_noise = torch.ones((), dtype=torch.bool, device=pool_keys.device)
     if noise is not None:
         rows = 1 if embedding in ("random", "ohem") else num
-        if noise.dim() != 2 or noise.shape[0] < rows or noise.shape[1] != n:
-            raise ValueError(f"noise must be at least {rows} x {n} Exp(1) draws, got shape {tuple(noise.shape)}")
+        if noise.dim() != 2 or noise.shape[0] < rows or noise.shape[1] != n or not noise.is_floating_point():
+            raise ValueError(f"noise must be at least {rows} x {n} Exp(1) draws (float), got "
+                             f"{noise.dtype} {tuple(noise.shape)}")
+        if noise.device != pool_keys.device:
+            raise ValueError(f"noise on {noise.device} but pool_keys on {pool_keys.device}")
+        good_noise = (noise[:rows] >= 0).all() & torch.isfinite(noise[:rows]).all()  # NaN >= 0 is False
     # One host synchronisation per call (not per round): availability and finiteness.
     finite = torch.isfinite(pool_keys).all()
     if embedding in ("gradient", "key_gradient", "ohem"):
         finite = finite & torch.isfinite(queries).all()
     excluded = exclude.sum() if exclude is not None else torch.zeros((), dtype=torch.long, device=pool_keys.device)
-    excluded, finite = torch.stack([excluded.long(), finite.long()]).tolist()
+    excluded, finite, good_noise = torch.stack([excluded.long(), finite.long(), good_noise.long()]).tolist()
     available = n - excluded
     if not finite:
-        raise ValueError("pool_keys or queries contain NaN or Inf")
+        raise NonFiniteInput("pool_keys or queries contain NaN or Inf")
+    if not good_noise:
+        raise ValueError("noise must hold finite Exp(1) draws >= 0 (it has NaN, Inf or negative values)")
     if num > available:
         raise ValueError(f"cannot pick num={num} distinct rows: only {available} of {n} are not excluded")
 
@@ -125,16 +169,20 @@ def select(pool_keys: torch.Tensor, queries: torch.Tensor | None, num: int, *,
            noise: torch.Tensor | None = None) -> torch.Tensor:
     """Pick ``num`` distinct rows of ``pool_keys`` as negatives; returns int64 indices (num,).
 
-    pool_keys:   N x d candidate keys (any float dtype; maths in fp32).
+    pool_keys:   N x d candidate keys (any float dtype; maths in fp32). Every array argument may be a
+                 torch tensor, a numpy array or a list (converted with torch.as_tensor onto
+                 pool_keys' device); the indices come back as a torch tensor.
     queries:     M x d queries defining the pseudo-label space (unused for feature/random).
-    exclude:     bool N, rows that must not be picked (e.g. already in the dictionary: U \\ D).
+    exclude:     bool mask of N, rows that must not be picked (e.g. already in the dictionary: U \\ D).
     generator:   torch.Generator on pool_keys' device; same state => same picks.
     backend:     "auto" | "torch" | "triton" (see :func:`resolve_backend`).
     first:       first k-means++ centroid: "random" (paper) or "norm" (BADGE).
-    temperature: softmax temperature of the pseudo-posterior (Eq. 5 uses 1).
-    noise:       explicit Exp(1) draws (num x N) instead of ``generator``, e.g. to compare
-                 backends pick for pick.
+    temperature: softmax temperature of the pseudo-posterior (Eq. 5 uses 1); finite and > 0.
+    noise:       explicit Exp(1) draws (num x N, finite, >= 0) instead of ``generator``, e.g. to
+                 compare backends pick for pick.
     """
+    pool_keys, queries, num, exclude, temperature, noise = _inputs(pool_keys, queries, num, exclude, temperature,
+                                                                   noise)
     _check(pool_keys, queries, num, embedding, exclude, noise)
     impl = resolve_backend(backend, pool_keys.device)
     n = pool_keys.shape[0]
