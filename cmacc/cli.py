@@ -99,20 +99,30 @@ def _bench_dist(args: argparse.Namespace) -> int:
 
 def _scan(args: argparse.Namespace) -> int:
     from .data.manifest import from_folder, read_manifest
-    from .data.scan import default_workers, scan_paths, summarize, write_report
+    from .data.scan import default_workers, left_out, scan_paths, summarize, write_report
     if args.source.is_dir():
         paths = [r.path for r in from_folder(args.source).rows]
     elif args.source.is_file():
         paths = [r.path for r in read_manifest(args.source).rows]
     else:
         raise FileNotFoundError(f"{args.source} is neither a manifest nor a folder")
-    records = scan_paths(paths, clip_seconds=args.clip_seconds, decode=args.decode,
-                         workers=args.workers or default_workers())
+    cfg = load_config(args.config, args.set)  # judge too-short and blank files as that run will
+    on_blank, clip = cfg.data.on_blank, cfg.data.frames / cfg.data.fps
+    if args.clip_seconds is not None:
+        if (args.config or args.set) and abs(args.clip_seconds - clip) > 1e-9:
+            raise ConfigError(f"--clip-seconds {args.clip_seconds:g} disagrees with the config's data.frames / "
+                              f"data.fps = {clip:g} s; give one of them")
+        clip = args.clip_seconds
+    records = scan_paths(paths, clip_seconds=clip, decode=args.decode, workers=args.workers or default_workers())
     print(summarize(records))
+    origin = "--clip-seconds" if args.clip_seconds is not None else \
+        "the config's data.frames / data.fps" if args.config or args.set else \
+        "the default config's data.frames / data.fps; --config FILE for your run's"
+    print(f"too-short: shorter than one clip of {clip:g} s ({origin}); blank/silent files: data.on_blank={on_blank}")
     if args.out:
         write_report(records, args.out)
         print(f"wrote {args.out}")
-    return 0 if all(r.usable for r in records) else 1
+    return 1 if any(left_out(r, on_blank) for r in records) else 0
 
 
 def _manifest(args: argparse.Namespace) -> int:
@@ -183,10 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     bt.add_argument("--json", help="append result rows (with device, versions, git revision) to this file")
     bt.set_defaults(func=_bench_dist)
 
-    sc = sub.add_parser("scan", help="probe every file of a manifest or folder; report unusable ones")
+    sc = sub.add_parser("scan", help="probe every file of a manifest or folder; report unusable, blank and "
+                        "silent ones (exit 1 when pretraining would leave any out)")
     sc.add_argument("source", type=Path, help="manifest CSV or folder of videos")
     sc.add_argument("--out", type=Path, help="report file (.json or .csv; default: print only)")
-    sc.add_argument("--clip-seconds", type=float, default=1.6, help="shorter files are 'too-short' (default 1.6 = 16 frames @ 10 fps)")
+    sc.add_argument("--config", type=Path, help="the pretraining config: too-short is judged against its clip "
+                    "length (data.frames / data.fps) and blank/silent files per its data.on_blank")
+    sc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides, as in pretrain")
+    sc.add_argument("--clip-seconds", type=float, default=None,
+                    help="shorter files are 'too-short' (default: the config's data.frames / data.fps; "
+                         "the paper preset's 16 frames at 10 fps: 1.6 s)")
     sc.add_argument("--decode", choices=("full", "sample"), default="full",
                     help="decode every frame (default; finds mid-stream corruption) or a sample of positions")
     sc.add_argument("--workers", type=int, default=0, help="parallel processes (default: one per core, up to 8)")

@@ -63,6 +63,7 @@ class DataConfig:
     backend: str = "auto"  # auto (per file, from the scan) | pyav | dali_cpu | dali_gpu
     on_missing_audio: str = "skip"  # skip | silence | error
     on_corrupt: str = "skip"  # skip | error
+    on_blank: str = "skip"  # files the scan finds silent-audio or blank-video: skip (listed) | keep | error
     cache_dir: str = ""  # log-mel feature cache; empty: ~/.cache/cmacc/mel
     eval_clips: int = 10  # uniformly spaced clips per video in evaluation
     dali_threads: int = 2
@@ -204,6 +205,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.backend": ("auto", "pyav", "dali_cpu", "dali_gpu"),
     "data.on_missing_audio": ("skip", "silence", "error"),
     "data.on_corrupt": ("skip", "error"),
+    "data.on_blank": ("skip", "keep", "error"),
     "model.video": VIDEO_PRESETS,
     "model.audio": AUDIO_PRESETS,
     "model.fc": ("method", "cross", "self", "none"),

@@ -1,7 +1,9 @@
 """cmacc scan: every kind of file classified, with the decoder it should use."""
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from cmacc.cli import main
 from cmacc.data.scan import scan_file
@@ -63,3 +65,94 @@ def test_shared_media_classified():
             assert status in r.problems and not r.usable, (name, r.problems)
     assert scan_file(d / "big_buck_bunny_30s.webm").backend_cpu == "dali_cpu"
     assert scan_file(d / "test.avi").backend_gpu == "pyav"
+
+
+# ---- content and stream checks (issue: silent and blank media passed as usable) ----
+@pytest.fixture(scope="module")
+def junk(tmp_path_factory):
+    from cmacc.data.media import write_video
+    d = tmp_path_factory.mktemp("junk")
+    return {
+        # VP9 with an alpha channel, all-black picture, all-zero audio
+        "alpha": write_video(d / "alpha", "vp9", seconds=2.0, video="black", sound="silence", pix_fmt="yuva420p"),
+        # WebM written live (no duration in the header), nearly black picture, silent audio
+        "live": write_video(d / "live", "vp9", seconds=2.0, video="dark", sound="silence",
+                            container_options={"live": "1"}),
+        "multi_mp4": write_video(d / "multi", "h264", seconds=2.0, size=(480, 270), sample_rate=16000,
+                                 extra_video=[(320, 180)], extra_audio=[8000]),
+        "multi_webm": write_video(d / "multi", "vp9", seconds=2.0, size=(480, 270),
+                                  extra_video=[(320, 180)], extra_audio=[48000]),
+        "good": write_video(d / "good", "vp9", seconds=1.2),
+    }
+
+
+def test_blank_video_and_silent_audio_are_flagged(junk):
+    for name in ("alpha", "live"):
+        r = scan_file(junk[name])
+        assert r.usable and set(r.warnings) >= {"blank-video", "silent-audio"}, (name, r.warnings)
+        assert r.audio_peak_dbfs <= -60 and r.luma_p99 <= 24 and "sampled frames are" in r.detail
+    assert scan_file(junk["live"]).duration == pytest.approx(2.0, abs=0.1)  # from packet times
+    good = scan_file(junk["good"])
+    assert not set(good.warnings) & {"blank-video", "silent-audio"}
+    assert good.audio_peak_dbfs > -40 and good.luma_std > 20  # the 0.05-amplitude tone is -26 dBFS
+
+
+def test_sample_decode_flags_them_too(junk):
+    r = scan_file(junk["alpha"], decode="sample")
+    assert {"blank-video", "silent-audio"} <= set(r.warnings)
+
+
+@pytest.mark.parametrize("name,audio_stream,rate,tone", [
+    ("multi_mp4", 1, 16000, 440),  # 16 kHz beats 8 kHz although MP4 marks the first track default
+    ("multi_webm", 0, 48000, 880),  # two equal 48 kHz tracks (Opus): a tie goes to the first
+])
+def test_best_streams_are_chosen_recorded_and_decoded(junk, name, audio_stream, rate, tone):
+    from cmacc.data.audio import load_audio
+    from cmacc.data.video import decode_pyav
+    r = scan_file(junk[name])
+    assert (r.video_stream, r.width, r.height) == (1, 480, 270)
+    assert (r.audio_stream, r.sample_rate) == (audio_stream, rate)
+    assert r.backend_cpu == "pyav" and r.backend_gpu == "pyav"  # DALI reads the first stream only
+    frames = decode_pyav(r.path, [0.2, 0.4], v0=r.start_time, fps_src=r.fps, n_frames=r.frames,
+                         stream=r.video_stream)
+    assert frames.shape == (2, 270, 480, 3)
+    y, _ = load_audio(r.path, 16000, stream=r.audio_stream)
+    spectrum = np.abs(np.fft.rfft(y[:16000]))
+    assert abs(np.argmax(spectrum) - tone) <= 2  # the stream read is the one chosen (extra tracks sound 880 Hz)
+
+
+def test_cli_scan_judges_by_the_config_and_lists_blank_files(junk, tmp_path, capsys):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    for k in ("alpha", "live", "good"):
+        (folder / junk[k].name).write_bytes(junk[k].read_bytes())
+    assert main(["scan", str(folder)]) == 1  # the blank ones would be left out of pretraining
+    out = capsys.readouterr().out
+    assert "blank or silent (left out of pretraining unless data.on_blank=keep):" in out
+    assert "alpha.webm: blank-video, silent-audio" in out and "live.webm" in out
+    assert "shorter than one clip of 0.8 s" in out  # the default config: 8 frames at 10 fps
+    assert main(["scan", str(folder), "--set", "data.on_blank=keep"]) == 0
+    capsys.readouterr()
+    assert main(["scan", str(folder), "--set", "data.on_blank=keep", "--set", "data.frames=16"]) == 1
+    out = capsys.readouterr().out
+    assert "good.webm: too-short" in out and "one clip of 1.6 s (the config's" in out
+    assert main(["scan", str(folder), "--set", "data.frames=16", "--clip-seconds", "1"]) == 2
+    assert "disagrees" in capsys.readouterr().err
+
+
+def test_pretraining_policy_for_blank_files(junk, tmp_path):
+    from cmacc.data.manifest import Manifest, Row
+    from cmacc.data.real import BadInput, ManifestAV
+    from cmacc.data.scan import scan_paths
+    m = Manifest([Row(junk[k]) for k in ("alpha", "good", "multi_mp4")])
+    scan = {r.path: r for r in scan_paths([r.path for r in m.rows], clip_seconds=0.8)}
+    kw = dict(frames=8, fps=10, crop=32, cache_dir=tmp_path / "mel")
+    ds = ManifestAV(m, scan, **kw)
+    assert len(ds) == 2 and ds.excluded == [{"path": str(junk["alpha"]), "reason": "blank-video, silent-audio",
+                                             "detail": scan[str(junk["alpha"])].detail}]
+    assert len(ManifestAV(m, scan, on_blank="keep", **kw)) == 3
+    with pytest.raises(BadInput, match="alpha.webm: blank-video, silent-audio .* data.on_blank=error"):
+        ManifestAV(m, scan, on_blank="error", **kw)
+    from cmacc.data.request import ClipRequest
+    clip = ds[ClipRequest(1)]  # the multi-stream file, decoded from its 480x270 stream
+    assert clip["video"].shape == (3, 8, 32, 32) and torch.isfinite(clip["audio"]).all()

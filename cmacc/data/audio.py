@@ -59,7 +59,7 @@ class MelSpec:
 
 
 def load_audio(path: str | Path, sample_rate: int, start: float | None = None,
-               end: float | None = None) -> tuple[np.ndarray, float]:
+               end: float | None = None, stream: int = 0) -> tuple[np.ndarray, float]:
     """(mono float32 waveform at ``sample_rate`` Hz, time of its first sample in seconds on the
     container's timeline). With ``start``/``end`` only that segment is returned (origin = start)."""
     path = Path(path)
@@ -79,7 +79,9 @@ def load_audio(path: str | Path, sample_rate: int, start: float | None = None,
     with av.open(str(path)) as c:
         if not c.streams.audio:
             raise NoAudio(f"{path} has no audio stream")
-        stream = c.streams.audio[0]
+        if stream >= len(c.streams.audio):
+            raise NoAudio(f"{path} has {len(c.streams.audio)} audio stream(s), not stream {stream}")
+        stream = c.streams.audio[stream]
         tb = float(stream.time_base)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         chunks, origin = [], None
@@ -143,27 +145,30 @@ class MelCache:
         if self.root is not None:
             self.root.mkdir(parents=True, exist_ok=True)
 
-    def key(self, path: Path, start: float | None, end: float | None) -> str:
+    def key(self, path: Path, start: float | None, end: float | None, stream: int = 0) -> str:
         st = path.stat()
         ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{start}|{end}|{sorted(asdict(self.spec).items())}"
+        if stream:
+            ident += f"|audio stream {stream}"
         return hashlib.sha1(ident.encode()).hexdigest()
 
-    def compute(self, path: Path, start: float | None, end: float | None) -> tuple[np.ndarray, float]:
-        y, origin = load_audio(path, self.spec.sample_rate, start, end)
+    def compute(self, path: Path, start: float | None, end: float | None, stream: int = 0) -> tuple[np.ndarray, float]:
+        y, origin = load_audio(path, self.spec.sample_rate, start, end, stream)
         return logmel(y, self.spec), origin
 
-    def get(self, path: str | Path, start: float | None = None, end: float | None = None) -> tuple[np.ndarray, float]:
+    def get(self, path: str | Path, start: float | None = None, end: float | None = None,
+            stream: int = 0) -> tuple[np.ndarray, float]:
         path = Path(path)
         if self.root is None:
-            return self.compute(path, start, end)
-        f = self.root / f"{self.key(path, start, end)}.npz"
+            return self.compute(path, start, end, stream)
+        f = self.root / f"{self.key(path, start, end, stream)}.npz"
         if f.is_file():
             try:
                 with np.load(f) as z:
                     return z["mel"], float(z["origin"])
             except (ValueError, OSError, KeyError):
                 pass  # a damaged cache entry is recomputed below
-        mel, origin = self.compute(path, start, end)
+        mel, origin = self.compute(path, start, end, stream)
         buf = io.BytesIO()
         np.savez(buf, mel=mel, origin=np.float64(origin))
         tmp = f.with_name(f".{f.name}.tmp-{socket.gethostname()}-{os.getpid()}")  # ranks share the cache

@@ -79,6 +79,7 @@ def _manifest_data(cfg: Config, device: torch.device, out: Path | None, views: i
     cache = d.cache_dir or str(Path.home() / ".cache" / "cmacc" / "mel")
     common = dict(frames=d.frames, fps=d.fps, crop=d.size, mel=mel, cache_dir=cache, backend=d.backend,
                   gpu=device.type == "cuda", on_missing_audio=d.on_missing_audio, on_corrupt=d.on_corrupt,
+                  on_blank=d.on_blank,
                   seed=cfg.seed, classes=manifest.classes)
     train = ManifestAV(train_rows, scan, views=views, num_clips=d.eval_clips, **common)
     probes = [ManifestAV(manifest.split(s), scan, num_clips=1, **common) for s in probe_splits] \

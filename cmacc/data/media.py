@@ -35,57 +35,96 @@ def frame_image(i: int, width: int, height: int, flash: bool = False) -> np.ndar
     return img
 
 
+def _picture(content: str, i: int, width: int, height: int, flash: bool) -> np.ndarray:
+    if content == "pattern":
+        return frame_image(i, width, height, flash)
+    if content == "black":
+        return np.zeros((height, width, 3), np.uint8)
+    if content == "dark":  # nearly black: faint noise, nothing brighter than a few grey levels
+        return np.random.default_rng(i).integers(0, 7, (height, width, 3), dtype=np.uint8)
+    raise ValueError(f"video content must be pattern, black or dark, got {content!r}")
+
+
+def _sound(content: str, n: int, sample_rate: int, click_at: float | None, tone: float = 440.0) -> np.ndarray:
+    if content == "silence":
+        return np.zeros(n)
+    if content != "tone":
+        raise ValueError(f"audio content must be tone or silence, got {content!r}")
+    y = 0.05 * np.sin(2 * np.pi * tone * np.arange(n) / sample_rate)
+    if click_at is not None:  # a 20 ms broadband burst
+        k = int(round(click_at * sample_rate))
+        burst = np.random.default_rng(0).uniform(-0.9, 0.9, int(0.02 * sample_rate))
+        y[k:k + len(burst)] = burst[: max(0, n - k)]
+    return y
+
+
 def write_video(path: str | Path, codec: str = "vp9", seconds: float = 3.0, fps: int = 25,
                 size: tuple[int, int] = (96, 64), audio: bool = True, sample_rate: int = 48000,
-                flash_at: float | None = None, click_at: float | None = None) -> Path:
-    """Write a test video; returns its path (the codec's container extension is enforced)."""
+                flash_at: float | None = None, click_at: float | None = None, *, video: str = "pattern",
+                sound: str = "tone", pix_fmt: str | None = None, extra_video: list[tuple[int, int]] = (),
+                extra_audio: list[int] = (), container_options: dict | None = None) -> Path:
+    """Write a test video; returns its path (the codec's container extension is enforced).
+
+    video: pattern | black | dark (nearly black);  sound: tone | silence;  pix_fmt: e.g. yuva420p
+    (VP9 with alpha);  extra_video / extra_audio: further streams ((width, height) / sample rate,
+    pattern and tone content) written *before* the main ones, so the main streams are not the first;
+    container_options: muxer options (e.g. WebM ``{"live": "1"}``: no duration in the header).
+    """
     import av
 
     ext, vcodec, pix, acodec = CODECS[codec]
     path = Path(path).with_suffix(ext)
-    width, height = size
     n_frames = int(round(seconds * fps))
     flash_frame = None if flash_at is None else int(round(flash_at * fps))
-    with av.open(str(path), "w") as c:
-        vs = c.add_stream(vcodec, rate=fps)
-        vs.width, vs.height, vs.pix_fmt = width, height, pix
-        if codec in ("h264",):
-            vs.options = {"preset": "ultrafast", "tune": "zerolatency"}
-        if codec in ("vp9", "vp8"):
-            vs.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
-        a_s = None
-        if audio:
-            a_s = c.add_stream(acodec, rate=sample_rate)
+    with av.open(str(path), "w", options=container_options or {}) as c:
+        videos = [(vcodec, w, h, "pattern") for w, h in extra_video] + [(vcodec, *size, video)]
+        vstreams = []
+        for name, w, h, content in videos:
+            vs = c.add_stream(name, rate=fps)
+            vs.width, vs.height, vs.pix_fmt = w, h, pix_fmt or pix
+            if codec in ("h264",):
+                vs.options = {"preset": "ultrafast", "tune": "zerolatency"}
+            if codec in ("vp9", "vp8"):
+                vs.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+            vstreams.append((vs, content))
+        astreams = []
+        for rate, content in [(r, "tone") for r in extra_audio] + ([(sample_rate, sound)] if audio else []):
+            a_s = c.add_stream(acodec, rate=rate)
             a_s.layout = "mono"
+            astreams.append((a_s, rate, content))
         for i in range(n_frames):
-            frame = av.VideoFrame.from_ndarray(frame_image(i, width, height, i == flash_frame), format="rgb24")
-            frame.pts = i
-            frame.time_base = Fraction(1, fps)
-            for p in vs.encode(frame):
-                c.mux(p)
-        for p in vs.encode():
-            c.mux(p)
-        if a_s is not None:
-            n = int(round(seconds * sample_rate))
-            t = np.arange(n) / sample_rate
-            y = 0.05 * np.sin(2 * np.pi * 440 * t)
-            if click_at is not None:  # a 20 ms broadband burst
-                k = int(round(click_at * sample_rate))
-                burst = np.random.default_rng(0).uniform(-0.9, 0.9, int(0.02 * sample_rate))
-                y[k:k + len(burst)] = burst[: max(0, n - k)]
-            fmt = "s16" if acodec == "pcm_s16le" else "fltp"
-            chunk = 1024
-            for s0 in range(0, n, chunk):
-                block = y[s0:s0 + chunk].astype(np.float32)[None]
-                if fmt == "s16":
-                    block = (block * 32767).astype(np.int16)
-                af = av.AudioFrame.from_ndarray(block, format=fmt, layout="mono")
-                af.sample_rate, af.pts, af.time_base = sample_rate, s0, Fraction(1, sample_rate)
-                for p in a_s.encode(af):
+            for vs, content in vstreams:
+                img = _picture(content, i, vs.width, vs.height, i == flash_frame)
+                frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+                if vs.pix_fmt != "rgb24":
+                    frame = frame.reformat(format=vs.pix_fmt)
+                frame.pts = i
+                frame.time_base = Fraction(1, fps)
+                for p in vs.encode(frame):
                     c.mux(p)
-            for p in a_s.encode():
+        for vs, _ in vstreams:
+            for p in vs.encode():
                 c.mux(p)
+        for k, (a_s, rate, content) in enumerate(astreams):  # extra streams sound an octave higher
+            tone = 880.0 if k < len(extra_audio) else 440.0
+            _write_audio(c, a_s, acodec, _sound(content, int(round(seconds * rate)), rate, click_at, tone), rate)
     return path
+
+
+def _write_audio(c, a_s, acodec: str, y: np.ndarray, sample_rate: int) -> None:
+    import av
+    fmt = "s16" if acodec == "pcm_s16le" else "fltp"
+    chunk = 1024
+    for s0 in range(0, len(y), chunk):
+        block = y[s0:s0 + chunk].astype(np.float32)[None]
+        if fmt == "s16":
+            block = (block * 32767).astype(np.int16)
+        af = av.AudioFrame.from_ndarray(block, format=fmt, layout="mono")
+        af.sample_rate, af.pts, af.time_base = sample_rate, s0, Fraction(1, sample_rate)
+        for p in a_s.encode(af):
+            c.mux(p)
+    for p in a_s.encode():
+        c.mux(p)
 
 
 def truncate(path: str | Path, fraction: float = 0.5, out: str | Path | None = None) -> Path:

@@ -7,6 +7,9 @@ same time span), ``index`` and ``label`` (-1 when unknown). Files are read per t
   ``on_corrupt="skip"`` and listed in ``excluded`` with their reasons; ``"error"`` stops at start;
 * files without audio follow ``on_missing_audio``: ``skip`` (left out, listed), ``silence``
   (audio features at the log-mel floor), ``error`` (stop at start);
+* files the scan found silent (``silent-audio``) or without a picture (``blank-video``) follow
+  ``on_blank``: ``skip`` (left out, listed), ``keep``, ``error``;
+* a file with several video or audio streams is read from the streams the scan chose;
 * a file that fails while training (a decoder error the scan did not see) is replaced by the
   next usable clip, and the sample carries ``skipped = [(path, reason)]`` so the loop counts and
   reports it -- under ``on_corrupt="error"`` it raises instead.
@@ -28,7 +31,7 @@ from ..errors import InputError
 from .audio import MelCache, MelSpec, NoAudio, window
 from .manifest import Manifest
 from .request import TAGS, ClipRequest
-from .scan import DALI_CPU_CODECS, UNUSABLE, ScanRecord, choose_backend
+from .scan import BLANK, DALI_CPU_CODECS, UNUSABLE, ScanRecord, choose_backend
 from .video import (
     ClipPlan,
     DaliDecoder,
@@ -87,13 +90,15 @@ class ManifestAV(torch.utils.data.Dataset):
                  crop: int = 224, mel: MelSpec | None = None, cache_dir: str | Path | None = None,
                  backend: str = "auto", gpu: bool = False, on_missing_audio: str = "skip",
                  on_corrupt: str = "skip", seed: int = 0, views: int = 1, num_clips: int = 10,
-                 classes: list[str] | None = None) -> None:
+                 classes: list[str] | None = None, on_blank: str = "skip") -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if on_missing_audio not in ("skip", "silence", "error"):
             raise ValueError(f"on_missing_audio must be skip, silence or error, got {on_missing_audio!r}")
         if on_corrupt not in ("skip", "error"):
             raise ValueError(f"on_corrupt must be skip or error, got {on_corrupt!r}")
+        if on_blank not in ("skip", "keep", "error"):
+            raise ValueError(f"on_blank must be skip, keep or error, got {on_blank!r}")
         if backend in ("dali_cpu", "dali_gpu") and not dali_available():
             raise BadInput(f"data backend {backend!r} requested but DALI is not installed (pip install nvidia-dali-cuda120)")
         if backend == "dali_gpu" and not gpu:
@@ -119,6 +124,12 @@ class ManifestAV(torch.utils.data.Dataset):
                     raise BadInput(f"{row.path}: {', '.join(bad)} ({rec.detail}) and data.on_corrupt=error")
                 self.excluded.append({"path": str(row.path), "reason": ", ".join(bad), "detail": rec.detail})
                 continue
+            blank = [w for w in rec.warnings if w in BLANK]
+            if blank and on_blank != "keep":
+                if on_blank == "error":
+                    raise BadInput(f"{row.path}: {', '.join(blank)} ({rec.detail}) and data.on_blank=error")
+                self.excluded.append({"path": str(row.path), "reason": ", ".join(blank), "detail": rec.detail})
+                continue
             silent = "no-audio" in rec.problems
             if silent and on_missing_audio != "silence":
                 if on_missing_audio == "error":
@@ -140,6 +151,9 @@ class ManifestAV(torch.utils.data.Dataset):
             b = backend if backend != "auto" else (choose_backend(rec, gpu) or "pyav")
             if b.startswith("dali") and not have_dali:
                 b = "pyav"  # auto only: DALI is optional
+            if b.startswith("dali") and (rec.video_stream or 0) > 0:
+                raise BadInput(f"{row.path}: its best video stream is stream {rec.video_stream}, and DALI reads only "
+                               f"the first; use data.backend=auto or pyav")
             if b == "dali_cpu" and (rec.video_codec not in DALI_CPU_CODECS or rec.vfr):
                 raise BadInput(f"{row.path}: data.backend=dali_cpu cannot decode {rec.video_codec}"
                                f"{' (variable frame rate)' if rec.vfr else ''}; use auto or pyav")
@@ -170,7 +184,7 @@ class ManifestAV(torch.utils.data.Dataset):
         r = it.rec
         if it.backend == "pyav" or force_pyav:
             frames = decode_pyav(it.path, plan.times, v0=r.start_time or 0.0, fps_src=r.fps, n_frames=r.frames,
-                                 vfr=r.vfr, by_count=r.container == "avi")
+                                 vfr=r.vfr, by_count=r.container == "avi", stream=r.video_stream or 0)
             return augment(torch.from_numpy(frames), plan, self.S)
         return frame_indices(plan.times, r.start_time or 0.0, r.fps, r.frames).astype(np.int32)
 
@@ -179,7 +193,7 @@ class ManifestAV(torch.utils.data.Dataset):
         if it.silent:
             return torch.full((self.mel.n_mels, self.mel.frames(span)), self.mel.floor_db)
         try:
-            mel, origin = self.cache.get(it.path, it.seg_start, it.seg_end)
+            mel, origin = self.cache.get(it.path, it.seg_start, it.seg_end, it.rec.audio_stream or 0)
         except NoAudio as e:
             raise DecodeError(str(e)) from e
         return torch.from_numpy(window(mel, plan.t0 - origin, span, self.mel))

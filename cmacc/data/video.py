@@ -83,16 +83,17 @@ def frame_indices(times, v0: float, fps_src: float, n_frames: int | None) -> np.
 
 
 def decode_pyav(path: str | Path, times, *, v0: float, fps_src: float, n_frames: int | None,
-                vfr: bool = False, by_count: bool = False) -> np.ndarray:
+                vfr: bool = False, by_count: bool = False, stream: int = 0) -> np.ndarray:
     """RGB uint8 frames (T, H, W, 3) for the container ``times`` (see module docstring).
-    ``by_count``: index frames by decode order from the start (AVI) instead of by timestamp."""
+    ``by_count``: index frames by decode order from the start (AVI) instead of by timestamp.
+    ``stream``: which of the file's video streams (the scan's choice, ScanRecord.video_stream)."""
     import av
 
     times = np.asarray(times, dtype=np.float64)
     want = None if vfr else frame_indices(times, v0, fps_src, n_frames)
     try:
         with av.open(str(path)) as c:
-            vs = c.streams.video[0]
+            vs = c.streams.video[stream]
             vs.thread_type = "AUTO"
             tb = float(vs.time_base)
             if not by_count:
