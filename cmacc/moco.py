@@ -34,7 +34,6 @@ from . import sampling
 from .dist import Comm
 from .models import Encoder
 
-
 EncodePicks = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 

@@ -18,12 +18,10 @@ clips and keys, the step. Global rank 0 alone writes the run folder.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import inspect
 import json
 import logging
 import math
-import shutil
 import signal
 import sys
 import threading
@@ -34,24 +32,25 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import checkpoint, cores, dist, provenance
+from . import checkpoint, cores, dist, provenance, run_folder
+from .bn import bn_layout, bn_statistics, sync_batchnorm
 from .config import RECOVERY, Config, ConfigError, changed_keys, dump_yaml
 from .data.build import build_data
+from .diagnostics import class_separation, count_categories, ids_digest, replicated_state
 from .dist import Comm
-from .feed import STEP, Amp, Feed, StepBatches, generator, init_queues, pick_encoder, refresh_pool
+from .feed import STEP, Feed, StepBatches, generator, init_queues, pick_encoder, refresh_pool
 from .health import CollapseWatch, all_finite, non_finite_names
 from .moco import CrossModalMoCo, SamplerOptions
 from .models import build_encoder
+from .precision import autocast, grad_scaler
 from .sampling import NonFiniteInput, resolve_backend
 from .summary import finish
 
 log = logging.getLogger("cmacc")
 
-PRECISION = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # BN running statistics are averaged over ranks after each step (Pretraining.step), not copied
 # from rank 0 before each forward; the keyword changed name in recent PyTorch.
 NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
@@ -81,48 +80,6 @@ def lr_schedule(cfg: Config) -> np.ndarray:
     return lr
 
 
-def autocast(cfg: Config, device: torch.device) -> Amp:
-    """run.precision: autocast for the encoders and the loss (the sampler upcasts to fp32)."""
-    dtype = PRECISION[cfg.run.precision]
-    if dtype is None:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device.type, dtype=dtype)
-
-
-def grad_scaler(device: torch.device, enabled: bool):
-    """fp16's loss scaler (torch.amp.GradScaler; torch < 2.3 has it for CUDA only)."""
-    if hasattr(torch.amp, "GradScaler"):
-        return torch.amp.GradScaler(device.type, enabled=enabled)
-    if enabled and device.type != "cuda":
-        raise ConfigError("config key 'run.precision': fp16 on CPU needs torch >= 2.3")
-    return torch.cuda.amp.GradScaler(enabled=enabled)
-
-
-def bn_layout(cfg: Config, world: int, cuda: bool) -> tuple[int, list[list[int]] | None]:
-    """(split-BN groups per rank, SyncBN rank groups or None) for model.bn_splits over W ranks."""
-    M, s = cfg.M, cfg.model.bn_splits or world
-    if M % world or M // world < 2:
-        raise ConfigError(f"config key 'M': the global mini-batch M={M} must split into {world} equal shares "
-                          f"of at least 2 clips (each rank takes M/W)")
-    if M % s:
-        raise ConfigError(f"config key 'model.bn_splits': M={M} does not split into {s} BatchNorm groups")
-    if cfg.model.sync_bn and s % world:
-        if not cuda:
-            raise ConfigError("config key 'model.sync_bn': SyncBatchNorm needs CUDA (NCCL); on CPU set "
-                              f"model.bn_splits to a multiple of the world size {world}")
-        if world % s:
-            raise ConfigError(f"config key 'model.bn_splits': with model.sync_bn, {s} groups must divide the "
-                              f"world size {world} (each group is synchronised over W/bn_splits ranks)")
-        return 1, [[r for r in range(world) if r % s == j] for j in range(s)]
-    if s % world:
-        raise ConfigError(f"config key 'model.bn_splits': {s} BatchNorm group(s) of the global batch cannot be "
-                          f"computed by {world} ranks without SyncBN; use a multiple of {world} "
-                          f"(0 or {world}: BatchNorm per rank, as MoCo) or model.sync_bn=true on CUDA")
-    if cfg.model.sync_bn:
-        log.warning("model.sync_bn has no effect: bn_splits=%d groups fall on whole ranks", s)
-    return s // world, None
-
-
 def build_encoders(cfg: Config, seed: int | None = None, bn_splits: int | None = None):
     """(f_v, f_a) initialised from ``seed`` (default cfg.seed): the same weights every time.
 
@@ -144,59 +101,12 @@ def build_model(cfg: Config, backend: str, comm: Comm | None = None, bn_splits: 
                                backend=backend, exclude_batch=cfg.sampler.exclude_batch))
 
 
-def sync_batchnorm(model: CrossModalMoCo, comm: Comm, groups: list[list[int]]) -> None:
-    """Every BN layer becomes a SyncBatchNorm over this rank's group (CUDA/NCCL only)."""
-    pgs = [torch.distributed.new_group(g) for g in groups]  # every rank creates every group, in order
-    mine = pgs[[comm.rank in g for g in groups].index(True)]
-    for enc in (model.f_v, model.f_a, model.h_v, model.h_a):
-        nn.SyncBatchNorm.convert_sync_batchnorm(enc, mine)
-
-
-def bn_statistics(model: nn.Module) -> list[torch.Tensor]:
-    """Running means and variances of every BN layer (averaged over ranks after each step)."""
-    return [t for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            for t in (m.running_mean, m.running_var) if t is not None]
-
-
-def replicated_state(model: CrossModalMoCo, enq_v: torch.Tensor, enq_a: torch.Tensor) -> dict[str, torch.Tensor]:
-    """What must be bitwise identical on every rank after a step."""
-    named = {"picks_v": enq_v, "picks_a": enq_a}
-    named.update({f"buffer {k}": v for k, v in model.named_buffers()})  # queues, ids, pointer, pool, BN stats
-    for name in ("h_v", "h_a", "f_v", "f_a"):
-        named[f"{name} parameters"] = torch.cat([p.detach().reshape(-1) for p in getattr(model, name).parameters()])
-    return named
-
-
-def ids_digest(*ids: torch.Tensor) -> str:
-    return hashlib.sha1(b"".join(t.cpu().numpy().tobytes() for t in ids)).hexdigest()[:16]
-
-
 @dataclass
 class _Stop:
     requested: str | None = None
 
     def __call__(self, signum, frame):
         self.requested = signal.Signals(signum).name
-
-
-@torch.no_grad()
-def class_separation(keys: torch.Tensor, labels: torch.Tensor) -> float:
-    """Nearest-class-centroid accuracy (%) of unit keys: how class-clustered the sampler's
-    candidates are (diagnostic only; uses labels). Active sampling can only cover more classes
-    than random draws when this is high."""
-    labels = labels.to(keys.device)
-    keys, labels = keys[labels >= 0], labels[labels >= 0]
-    C = int(labels.max()) + 1
-    cen = torch.zeros(C, keys.shape[1], device=keys.device, dtype=keys.dtype).index_add_(0, labels, keys)
-    pred = (keys @ torch.nn.functional.normalize(cen, dim=1).T).argmax(1)
-    return float(100.0 * (pred == labels).float().mean())
-
-
-def _count_categories(labels: torch.Tensor, ids: torch.Tensor) -> int | None:
-    ids = ids[ids >= 0].cpu()
-    lab = labels[ids]
-    lab = lab[lab >= 0]
-    return int(lab.unique().numel()) if len(lab) else None
 
 
 class Pretraining:
@@ -369,10 +279,7 @@ class Pretraining:
                         "; model.bn_splits=0 means one BN group per rank, so the BN groups change"
                         if not self.cfg.model.bn_splits else "")
         if self.comm.is_main:  # drop lines a killed run wrote after its last checkpoint (or tore)
-            for path in (self.metrics_path, self.skips_path):
-                kept = [ln for ln in path.read_text().splitlines() if _step_of(ln) is not None
-                        and _step_of(ln) <= start] if path.exists() else []
-                checkpoint.write_atomic(path, "".join(ln + "\n" for ln in kept))
+            run_folder.truncate_logs([self.metrics_path, self.skips_path], start)
         self.state, self.saved_step = None, (start, self.resumed_from)
         log.info("resumed from %s at step %d", self.resumed_from, start)
         return start
@@ -472,7 +379,7 @@ class Pretraining:
         return rec
 
     def _record(self, s: int, o, losses: list[float], t_data: float, t_compute: float, skipped: int) -> dict:
-        cat_v, cat_a = _count_categories(self.labels, o.enqueued_v), _count_categories(self.labels, o.enqueued_a)
+        cat_v, cat_a = count_categories(self.labels, o.enqueued_v), count_categories(self.labels, o.enqueued_a)
         both = None if cat_v is None or cat_a is None else (cat_v + cat_a) / 2
         warning = self.collapse.update(s + 1, (losses[1], losses[2]), (losses[5], losses[6]))
         if warning and self.comm.is_main:
@@ -527,13 +434,6 @@ class Pretraining:
                       lambda: build_encoders(self.cfg), self._info(), train_time, steps_run)
 
 
-def _step_of(line: str) -> int | None:
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):  # a line torn by a kill
-        return None
-
-
 def pretrain(cfg: Config, out: str | Path, *, resume: bool = False,
              on_step: Callable[[int, dict], None] | None = None, comm: Comm | None = None) -> dict:
     """Train per ``cfg``, writing config.yaml, run.json, metrics.jsonl, checkpoints/, summary.json.
@@ -548,7 +448,7 @@ def pretrain(cfg: Config, out: str | Path, *, resume: bool = False,
     ours = comm.is_main and not resume and not out.exists()  # a failed start removes the folder it made
     started = False
     try:
-        with _terminate_raises():  # a SIGTERM while starting still removes the half-made folder
+        with run_folder.terminate_raises():  # a SIGTERM while starting still removes the half-made folder
             run = Pretraining(cfg, out, comm, resume)
             if run.complete:
                 log.info("%s already finished its %d steps (summary.json); raise steps to continue", out, cfg.steps)
@@ -566,38 +466,8 @@ def pretrain(cfg: Config, out: str | Path, *, resume: bool = False,
     except BaseException as e:
         comm.report_exit(f"{type(e).__name__}: {e}")
         if ours and not started:
-            _remove_failed_start(out)
+            run_folder.remove_failed_start(out)
         raise
     finally:
         if own:
             comm.close()
-
-
-@contextlib.contextmanager
-def _terminate_raises():
-    """SIGTERM raises SystemExit(143) inside the block (main thread only), so cleanup code runs."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _exit(signum, frame):
-        raise SystemExit(128 + signum)
-    old = signal.signal(signal.SIGTERM, _exit)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-def _remove_failed_start(out: Path) -> None:
-    """Undo a start that failed before its first checkpoint; a scan report is worth keeping."""
-    if not out.is_dir():
-        return
-    scan = out / "scan.json"
-    for p in out.iterdir():
-        if p != scan:
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-    if scan.exists():
-        log.info("the start failed; kept the scan report %s", scan)
-    else:
-        out.rmdir()

@@ -14,7 +14,7 @@ import torch
 
 from cmacc import dist
 from cmacc.config import ConfigError, load_config
-from cmacc.train import bn_layout
+from cmacc.bn import bn_layout
 from distributed import assert_ok, case, cli, free_port, rank_env, run, start, wait
 from test_train import TINY
 

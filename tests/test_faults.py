@@ -267,3 +267,23 @@ def test_failed_start_removes_its_folder(tmp_path, monkeypatch, capsys):
 def test_bench_sampler_sizes_are_named(capsys, args, msg):
     assert main(["bench", "sampler", "--device", "cpu", *args]) == 2
     assert msg in _err(capsys)
+
+
+def test_failed_start_keeps_only_its_scan_report(media, tmp_path, capsys):
+    from cmacc.data.manifest import Manifest, Row
+    manifest = tmp_path / "bad.csv"
+    Manifest([Row(media["empty"]), Row(media["truncated"])]).write(manifest)
+    out = tmp_path / "r"
+    assert main(["pretrain", "--out", str(out), "--set", "data.name=manifest", "--set", f"data.manifest={manifest}",
+                 "--set", "run.progress=false"]) == 2
+    assert "no usable clips" in _err(capsys)
+    assert sorted(p.name for p in out.iterdir()) == ["scan.json"]  # the scan is worth keeping; nothing else
+    assert len(json.loads((out / "scan.json").read_text())) == 2
+
+
+def test_triton_is_an_extra_not_a_requirement():
+    import tomllib
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert not any(d.startswith("triton") for d in project["dependencies"])
+    assert any(d.startswith("triton") for d in project["optional-dependencies"]["triton"])
+    assert any(d.startswith("triton") for d in project["optional-dependencies"]["dev"])  # the kernel tests

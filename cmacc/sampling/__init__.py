@@ -31,8 +31,7 @@ import os
 import torch
 
 from .kmeanspp import exp_noise, kmeanspp, race
-from .posterior import (PseudoPosterior, gradient_embeddings, gradient_factors, key_gradient,
-                        pseudo_posterior)
+from .posterior import PseudoPosterior, gradient_embeddings, gradient_factors, key_gradient, pseudo_posterior
 
 __all__ = [
     "EMBEDDINGS", "BACKENDS", "NonFiniteInput", "select", "resolve_backend", "pseudo_posterior", "PseudoPosterior",

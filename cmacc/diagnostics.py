@@ -1,0 +1,43 @@
+"""Per-step diagnostics for metrics.jsonl beyond the loss: how many classes the enqueued negatives
+cover (the paper's Fig. 2 measure), how class-clustered the pool is, and digests of the picks and
+of the state every rank must hold identically."""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from .moco import CrossModalMoCo
+
+
+def replicated_state(model: CrossModalMoCo, enq_v: torch.Tensor, enq_a: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What must be bitwise identical on every rank after a step."""
+    named = {"picks_v": enq_v, "picks_a": enq_a}
+    named.update({f"buffer {k}": v for k, v in model.named_buffers()})  # queues, ids, pointer, pool, BN stats
+    for name in ("h_v", "h_a", "f_v", "f_a"):
+        named[f"{name} parameters"] = torch.cat([p.detach().reshape(-1) for p in getattr(model, name).parameters()])
+    return named
+
+
+def ids_digest(*ids: torch.Tensor) -> str:
+    return hashlib.sha1(b"".join(t.cpu().numpy().tobytes() for t in ids)).hexdigest()[:16]
+
+
+@torch.no_grad()
+def class_separation(keys: torch.Tensor, labels: torch.Tensor) -> float:
+    """Nearest-class-centroid accuracy (%) of unit keys: how class-clustered the sampler's
+    candidates are (diagnostic only; uses labels). Active sampling can only cover more classes
+    than random draws when this is high."""
+    labels = labels.to(keys.device)
+    keys, labels = keys[labels >= 0], labels[labels >= 0]
+    C = int(labels.max()) + 1
+    cen = torch.zeros(C, keys.shape[1], device=keys.device, dtype=keys.dtype).index_add_(0, labels, keys)
+    pred = (keys @ torch.nn.functional.normalize(cen, dim=1).T).argmax(1)
+    return float(100.0 * (pred == labels).float().mean())
+
+
+def count_categories(labels: torch.Tensor, ids: torch.Tensor) -> int | None:
+    ids = ids[ids >= 0].cpu()
+    lab = labels[ids]
+    lab = lab[lab >= 0]
+    return int(lab.unique().numel()) if len(lab) else None
