@@ -197,6 +197,43 @@ def test_select_rejects_bad_input():
     assert select(k, Q, 0).shape == (0,)
 
 
+@pytest.mark.parametrize("temperature", [0, -1.0, float("nan"), float("inf"), True, "1"])
+def test_select_rejects_bad_temperature(temperature):
+    k, Q = unit_rows(10, 4, seed=1), unit_rows(3, 4, seed=2)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        select(k, Q, 3, temperature=temperature)
+
+
+@pytest.mark.parametrize("embedding", ["gradient", "random"])
+@pytest.mark.parametrize("bad", [float("nan"), -1.0, float("inf")])
+def test_select_rejects_bad_noise(embedding, bad):
+    k, Q = unit_rows(10, 4, seed=1), unit_rows(3, 4, seed=2)
+    noise = exp_noise(3, 10, generator=torch.Generator().manual_seed(0))
+    noise[0, 4] = bad
+    with pytest.raises(ValueError, match="noise must hold finite Exp\\(1\\) draws >= 0"):
+        select(k, Q, 3, embedding=embedding, noise=noise)
+
+
+def test_select_takes_numpy_lists_and_integer_likes_consistently():
+    import numpy as np
+    k, Q = unit_rows(40, 6, seed=1), unit_rows(5, 6, seed=2)
+    mask = torch.zeros(40, dtype=torch.bool)
+    mask[:7] = True
+    ref = select(k, Q, 4, exclude=mask, generator=torch.Generator().manual_seed(3))
+    for keys, queries, num, exclude in [(k.numpy(), Q.numpy(), np.int64(4), mask.numpy()),
+                                        (k.tolist(), Q.tolist(), 4, mask.tolist()),
+                                        (k, Q, torch.tensor(4).item(), mask)]:
+        got = select(keys, queries, num, exclude=exclude, generator=torch.Generator().manual_seed(3))
+        assert isinstance(got, torch.Tensor) and torch.equal(got, ref)
+    with pytest.raises(ValueError, match="for a list of indices set mask"):
+        select(k, Q, 4, exclude=[0, 1, 2])  # indices, not a mask: refused by name
+    for num in (4.0, np.float32(4), True):
+        with pytest.raises(ValueError, match="num must be a non-negative int"):
+            select(k, Q, num)
+    with pytest.raises(TypeError, match="pool_keys must be a torch.Tensor, numpy array or list"):
+        select({"a": 1}, Q, 4)
+
+
 def test_backend_resolution(monkeypatch):
     assert sampling.resolve_backend("auto", "cpu") == "torch"
     assert sampling.resolve_backend("torch", "cpu") == "torch"

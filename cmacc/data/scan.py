@@ -368,8 +368,10 @@ def summarize(records: list[ScanRecord]) -> str:
         for r in blank:
             lines.append(f"  {r.path}: {', '.join(w for w in r.warnings if w in BLANK)} ({r.detail})")
     several = [r for r in records if {"several-video-streams", "several-audio-streams"} & set(r.warnings)]
+    if several:
+        lines.append("several streams (the best of each kind is read):")
     for r in several:
-        lines.append(f"  {r.path}: several streams; using video stream {r.video_stream} ({r.width}x{r.height}), "
+        lines.append(f"  {r.path}: video stream {r.video_stream} ({r.width}x{r.height}), "
                      f"audio stream {r.audio_stream} ({r.sample_rate} Hz)")
     return "\n".join(lines)
 
