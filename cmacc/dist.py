@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import hashlib
 import inspect
 import logging
@@ -333,6 +334,7 @@ class Comm:
 
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
+            gc.collect()  # cycles holding DDP, and through it this group: free them while Python runs
             dist.destroy_process_group()
             self.owns_group = False
 

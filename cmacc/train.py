@@ -26,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -443,7 +444,7 @@ def pretrain(cfg: Config, out: str | Path, *, resume: bool = False,
     line is written (tests use it to simulate a crash). Returns the summary dict on rank 0,
     {"stopped_at", "signal"} when a signal stopped the run, {"rank", "steps"} on other ranks.
     """
-    own, out = comm is None, Path(out)
+    own, out, run = comm is None, Path(out), None
     comm = dist.init(cfg.run.device, cfg.run.dist_timeout) if own else comm
     ours = comm.is_main and not resume and not out.exists()  # a failed start removes the folder it made
     started = False
@@ -467,6 +468,11 @@ def pretrain(cfg: Config, out: str | Path, *, resume: bool = False,
         comm.report_exit(f"{type(e).__name__}: {e}")
         if ours and not started:
             run_folder.remove_failed_start(out)
+        # Let the model (and DDP's hold on the process group) go before comm.close(): kept alive by
+        # the traceback's frames until interpreter exit, Gloo's threads would free their last work
+        # while Python finalizes and abort the process (SIGABRT instead of a clean exit 1).
+        run = None  # noqa: F841
+        traceback.clear_frames(e.__traceback__)
         raise
     finally:
         if own:
