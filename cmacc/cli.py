@@ -147,9 +147,25 @@ def _manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version(expect: list[str]) -> int:
+    from . import provenance
+
+    print(provenance.report(provenance.git_revision(), provenance.versions()))
+    pairs = dict(e.split("=", 1) if "=" in e else (e, "") for e in expect)
+    bad = provenance.expectation_mismatches(pairs)
+    for line in bad:
+        print(f"error: --expect {line}", file=sys.stderr)
+    return 2 if bad else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cmacc", description="Cross-Modal Active Contrastive Coding")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="store_true",
+                        help="print cmacc's git revision and library versions (what run.json records)")
+    parser.add_argument("--expect", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --version: exit 2 unless KEY (revision, torch, cuda, dali, dali_wheel) has "
+                             "VALUE here (the Docker build checks its labels with this)")
+    sub = parser.add_subparsers(dest="command")
     p = sub.add_parser("pretrain", help="self-supervised audio-visual pretraining (built-in dataset by default)")
     p.add_argument("--config", type=Path, help="YAML file of config keys (may name a preset: cpu | paper)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -218,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     mf.add_argument("--out", type=Path, required=True)
     mf.set_defaults(func=_manifest)
     args = parser.parse_args(argv)
+    if args.version:
+        return _version(args.expect)
+    if args.expect:
+        parser.error("--expect goes with --version")
+    if args.command is None:
+        parser.error(f"a command is required ({', '.join(sub.choices)}), or --version")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
