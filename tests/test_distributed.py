@@ -265,13 +265,15 @@ sys.exit(max(abs(p.returncode) for p in procs))
 
 @pytest.mark.slow
 def test_sbatch_script_launches_and_requeues(tmp_path):
-    """docker/pretrain.sbatch with stand-ins for srun and scontrol: 2 tasks form one run; the
-    same submission again resumes it from its checkpoint."""
+    """docker/pretrain.sbatch with stand-ins for srun, scontrol and apptainer: 2 tasks form one
+    run; the same submission again, inside the Apptainer image (IMAGE=...), resumes it."""
     from distributed import base_env
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "srun").write_text(FAKE_SRUN.format(python=sys.executable))
     (fake / "scontrol").write_text("#!/bin/sh\necho localhost\necho node2\n")
+    (fake / "apptainer").write_text('#!/bin/sh\n[ "$1 $2 $3" = "exec --nv $IMAGE" ] || exit 9\n'
+                                    'echo "$*" >> "$APPTAINER_LOG"\nshift 3\nexec "$@"\n')
     for f in fake.iterdir():
         f.chmod(0o755)
     env = {**base_env(), "PATH": f"{fake}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -285,9 +287,12 @@ def test_sbatch_script_launches_and_requeues(tmp_path):
     d = json.loads((tmp_path / "run" / "run.json").read_text())["distributed"]
     assert (d["world_size"], d["launcher"], d["master"].split(":")[0]) == (2, "slurm", "localhost")
     sets[sets.index("steps=4")] = "steps=6"
+    env.update(IMAGE=str(tmp_path / "cmacc.sif"), APPTAINER_LOG=str(tmp_path / "apptainer.log"))
     res = subprocess.run(["bash", str(script), *sets], env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resumed from" in res.stderr and [r["step"] for r in metrics(tmp_path / "run")] == list(range(1, 7))
+    calls = (tmp_path / "apptainer.log").read_text().splitlines()
+    assert len(calls) == 2 and all(c.startswith(f"exec --nv {env['IMAGE']} cmacc pretrain --out ") for c in calls)
 
 
 @pytest.mark.slow
