@@ -56,3 +56,18 @@ def test_materialised(benchmark, problem):
 @pytest.mark.skipif(DEVICE != "cuda", reason="Triton timings need a CUDA device")
 def test_triton(benchmark, problem):
     _bench(benchmark, "triton", problem)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the CPU fast path")
+def test_numba(benchmark, problem):
+    _bench(benchmark, "numba", problem)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="a CPU peer")
+def test_badge_numpy(benchmark, problem):
+    _bench(benchmark, "badge_numpy", problem)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="a CPU peer")
+def test_sklearn(benchmark, problem):
+    _bench(benchmark, "sklearn", problem)

@@ -1,14 +1,19 @@
-"""``cmacc bench sampler``: one modality's active selection, three ways, side by side.
+"""``cmacc bench sampler``: one modality's active selection, several ways, side by side.
 
   materialised  gradient embeddings N x (M*d) written out, k-means++ over them (BADGE before 2023)
   factorised    the plain-PyTorch reference: rank-1 factors, exact factorised distances
+  numba         the CPU fast path: fused rounds with exact pruning (cmacc.sampling.cpu)
   triton        the fused kernels (CUDA only; the CPU interpreter is for tests, not timing)
+  badge_numpy   peer: BADGE's factorised init_centers in numpy, inverse-CDF draws (bench_peers)
+  sklearn       peer: scikit-learn's kmeans_plusplus over the keys (the "feature" embedding)
 
-Each selection = pseudo-posterior + ``num`` (= M) seeding rounds, fp32 maths. All three get the
-same Exp(1) noise, and the table says whether they picked the same indices. Times are medians
-over ``repeats`` after a warm-up, with the device synchronised. "GB/s" divides a traffic model
-(bytes a straightforward implementation must move, below) by the time; the device's bandwidth
-is measured with a large copy in the same run.
+Each selection = pseudo-posterior + ``num`` (= M) seeding rounds, fp32 maths. cmacc's rows get
+the same Exp(1) noise, and the table says whether they picked the same indices; inside training
+``select`` draws that noise itself, so its time is measured too and reported with each cmacc
+row (the peers draw their own). Times are medians over ``repeats`` after a warm-up, with the
+device synchronised, at each torch / numba thread count asked for. "GB/s" divides a traffic
+model (bytes a straightforward implementation must move, below) by the time; the device's
+bandwidth is measured with a large copy in the same run.
 """
 from __future__ import annotations
 
@@ -18,13 +23,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
-from . import provenance, sampling
-from .sampling import exp_noise, gradient_embeddings, kmeanspp
+from . import bench_peers, provenance, sampling
+from .sampling import exp_noise, gradient_embeddings, gradient_factors, kmeanspp
 
-IMPLS = ("materialised", "factorised", "triton")
+IMPLS = ("materialised", "factorised", "numba", "triton", "badge_numpy", "sklearn")
+OURS = ("materialised", "factorised", "numba", "triton")  # same noise, same picks
 
 
 def traffic_bytes(impl: str, N: int, M: int, d: int, num: int) -> int:
@@ -63,12 +70,53 @@ def _sync(device: torch.device) -> None:
 def _run(impl: str, keys, queries, num, noise):
     if impl == "materialised":
         return kmeanspp(num, noise, x=gradient_embeddings(keys, queries))
-    backend = "torch" if impl == "factorised" else "triton"
+    if impl == "badge_numpy":
+        a, b = gradient_factors(keys, queries)
+        return torch.from_numpy(bench_peers.badge_numpy(a.numpy(), b.numpy(), num, np.random.default_rng(0)))
+    if impl == "sklearn":
+        return torch.from_numpy(bench_peers.sklearn_kmeanspp(keys.float().numpy(), num, 0))
+    backend = {"factorised": "torch", "numba": "numba", "triton": "triton"}[impl]
     return sampling.select(keys, queries, num, embedding="gradient", noise=noise, backend=backend)
 
 
+def set_threads(n: int) -> None:
+    """torch's and numba's thread counts (the sampler's CPU paths use one or the other)."""
+    torch.set_num_threads(n)
+    try:
+        import numba
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:
+        pass
+
+
+def _timed(f, dev: torch.device, repeats: int) -> tuple[object, list[float]]:
+    out = f()  # warm-up (and compilation)
+    times = []
+    for _ in range(repeats):
+        _sync(dev)
+        t0 = time.perf_counter()
+        out = f()
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    return out, times
+
+
+def _unavailable(impl: str, dev: torch.device, N: int, M: int, d: int) -> str | None:
+    if impl == "triton":
+        ok, why = sampling._triton_available(dev) if dev.type == "cuda" else (False, "needs a CUDA device")
+        return None if ok else why
+    if impl in ("numba", "badge_numpy", "sklearn") and dev.type != "cpu":
+        return "CPU only"
+    if impl == "numba" and not sampling.cpu.available()[0]:
+        return sampling.cpu.available()[1]
+    if impl == "materialised" and N * M * d * 4 > 0.5 * _free_bytes(dev):
+        return f"N x M*d embeddings need {N * M * d * 4 / 1e9:.1f} GB"
+    return None
+
+
 def bench_sampler(device: str = "cpu", N: int = 4800, M: int = 128, d: int = 128, num: int | None = None,
-                  dtype: str = "fp32", repeats: int = 3, impls: tuple[str, ...] = IMPLS, seed: int = 0) -> list[dict]:
+                  dtype: str = "fp32", repeats: int = 3, impls: tuple[str, ...] = IMPLS, seed: int = 0,
+                  threads: tuple[int, ...] = (1,)) -> list[dict]:
     dev = torch.device(device)
     num = M if num is None else num
     tdt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
@@ -78,41 +126,44 @@ def bench_sampler(device: str = "cpu", N: int = 4800, M: int = 128, d: int = 128
     noise = exp_noise(num, N, generator=g, device=dev)
     bw = device_bandwidth(dev)
     prov = provenance.collect(dev)
-    rows, picks = [], {}
-    for impl in impls:
-        row = {"bench": "sampler", "impl": impl, "device": str(dev), "device_name": prov["device_name"],
-               "N": N, "M": M, "d": d, "num": num, "dtype": dtype, "repeats": repeats,
-               "device_copy_gbps": bw, "versions": prov["versions"], "git": prov["git"]}
-        if impl == "triton":
-            ok, why = sampling._triton_available(dev) if dev.type == "cuda" else (False, "needs a CUDA device")
-            if not ok:
-                rows.append({**row, "skipped": why})
+    rows = []
+    for n_threads in threads:
+        set_threads(n_threads)
+        _, noise_times = _timed(lambda: exp_noise(num, N, generator=g, device=dev), dev, repeats)
+        noise_s = statistics.median(noise_times)
+        group, picks = [], {}
+        for impl in impls:
+            row = {"bench": "sampler", "impl": impl, "device": str(dev), "device_name": prov["device_name"],
+                   "threads": n_threads, "N": N, "M": M, "d": d, "num": num, "dtype": dtype, "repeats": repeats,
+                   "device_copy_gbps": bw, "versions": prov["versions"], "git": prov["git"]}
+            why = _unavailable(impl, dev, N, M, d)
+            if why:
+                group.append({**row, "skipped": why})
                 continue
-        if impl == "materialised" and N * M * d * 4 > 0.5 * _free_bytes(dev):
-            rows.append({**row, "skipped": f"N x M*d embeddings need {N * M * d * 4 / 1e9:.1f} GB"})
-            continue
-        out = _run(impl, keys, queries, num, noise)  # warm-up (and Triton compilation)
-        times = []
-        for _ in range(repeats):
-            _sync(dev)
-            t0 = time.perf_counter()
-            out = _run(impl, keys, queries, num, noise)
-            _sync(dev)
-            times.append(time.perf_counter() - t0)
-        t = statistics.median(times)
-        nbytes = traffic_bytes(impl, N, M, d, num)
-        picks[impl] = out.cpu()
-        rows.append({**row, "time_s": t, "times_s": times, "candidates_per_s": N / t, "traffic_bytes": nbytes,
-                     "gbps": nbytes / t / 1e9, "fraction_of_copy_bw": nbytes / t / 1e9 / bw})
+            out, times = _timed(lambda: _run(impl, keys, queries, num, noise), dev, repeats)
+            t = statistics.median(times)
+            row.update(time_s=t, times_s=times, candidates_per_s=N / t)
+            if impl in OURS:
+                picks[impl] = out.cpu()
+                nbytes = traffic_bytes(impl, N, M, d, num)
+                row.update(noise_s=noise_s, time_with_noise_s=t + noise_s, traffic_bytes=nbytes,
+                           gbps=nbytes / t / 1e9, fraction_of_copy_bw=nbytes / t / 1e9 / bw)
+            group.append(row)
+        _compare(group, picks)
+        rows += group
+    return rows
+
+
+def _compare(rows: list[dict], picks: dict) -> None:
+    """Speed-ups between the timed rows of one thread count; picks against the reference."""
     timed = {r["impl"]: r for r in rows if "time_s" in r}
     ref = picks.get("factorised")
     for r in timed.values():
         for other, o in timed.items():
             if other != r["impl"]:
                 r[f"speedup_vs_{other}"] = o["time_s"] / r["time_s"]
-        if ref is not None:
+        if ref is not None and r["impl"] in picks:
             r["same_picks_as_factorised"] = bool(torch.equal(picks[r["impl"]], ref))
-    return rows
 
 
 def _free_bytes(dev: torch.device) -> float:
@@ -128,19 +179,28 @@ def _free_bytes(dev: torch.device) -> float:
 def format_table(rows: list[dict]) -> str:
     r0 = rows[0]
     head = (f"sampler: one modality, N={r0['N']} M={r0['M']} d={r0['d']} rounds={r0['num']} {r0['dtype']} "
-            f"on {r0['device_name']} (copy bandwidth {r0['device_copy_gbps']:.0f} GB/s)")
-    lines = [head, f"{'impl':<13}{'ms/selection':>14}{'Mcand/s':>10}{'GB/s':>9}{'% copy bw':>11}  speedups / picks"]
-    for r in rows:
-        if "skipped" in r:
-            lines.append(f"{r['impl']:<13}  skipped: {r['skipped']}")
-            continue
-        sp = ", ".join(f"{v:.1f}x vs {k[11:]}" if v >= 1 else f"{v:.3f}x vs {k[11:]}"
-                       for k, v in r.items() if k.startswith("speedup_vs_"))
-        same = "" if "same_picks_as_factorised" not in r else (
-            "; same picks" if r["same_picks_as_factorised"] else "; DIFFERENT picks")
-        lines.append(f"{r['impl']:<13}{1e3 * r['time_s']:>14.2f}{r['candidates_per_s'] / 1e6:>10.3f}"
-                     f"{r['gbps']:>9.1f}{100 * r['fraction_of_copy_bw']:>10.1f}%  {sp}{same}")
+            f"on {r0['device_name'].split(' (')[0]} (copy bandwidth {r0['device_copy_gbps']:.0f} GB/s)")
+    lines = [head]
+    for n_threads in dict.fromkeys(r["threads"] for r in rows):
+        group = [r for r in rows if r["threads"] == n_threads]
+        noise = next((r["noise_s"] for r in group if "noise_s" in r), None)
+        lines.append(f"{n_threads} thread(s)" + (f"; drawing the noise inside select adds {1e3 * noise:.1f} ms "
+                                                 "to cmacc's rows" if noise is not None else ""))
+        lines.append(f"{'impl':<13}{'ms/selection':>14}{'Mcand/s':>10}{'GB/s':>9}{'% copy bw':>11}  speedups / picks")
+        for r in group:
+            lines.append(_format_row(r))
     return "\n".join(lines)
+
+
+def _format_row(r: dict) -> str:
+    if "skipped" in r:
+        return f"{r['impl']:<13}  skipped: {r['skipped']}"
+    sp = ", ".join(f"{v:.1f}x vs {k[11:]}" if v >= 1 else f"{v:.3f}x vs {k[11:]}"
+                   for k, v in r.items() if k.startswith("speedup_vs_"))
+    same = "" if "same_picks_as_factorised" not in r else (
+        "; same picks" if r["same_picks_as_factorised"] else "; DIFFERENT picks")
+    bw = f"{r['gbps']:>9.1f}{100 * r['fraction_of_copy_bw']:>10.1f}%" if "gbps" in r else f"{'-':>9}{'-':>11}"
+    return f"{r['impl']:<13}{1e3 * r['time_s']:>14.2f}{r['candidates_per_s'] / 1e6:>10.3f}{bw}  {sp}{same}"
 
 
 def _check_sizes(args) -> str | None:
@@ -169,7 +229,15 @@ def main(args) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    rows = bench_sampler(args.device, args.pool, args.batch, args.dim, args.rounds, args.dtype, args.repeats, impls)
+    try:
+        threads = tuple(int(t) for t in str(args.threads).split(","))
+    except ValueError:
+        threads = (0,)
+    if min(threads) < 1:
+        print(f"error: --threads must be a comma list of counts >= 1, got {args.threads!r}", file=sys.stderr)
+        return 2
+    rows = bench_sampler(args.device, args.pool, args.batch, args.dim, args.rounds, args.dtype, args.repeats, impls,
+                         threads=threads)
     print(format_table(rows))
     if args.json:
         path = Path(args.json)

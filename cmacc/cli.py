@@ -184,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     bs.add_argument("--rounds", type=int, default=None, help="k-means++ picks (default M)")
     bs.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="input dtype (maths is fp32)")
     bs.add_argument("--repeats", type=int, default=3)
-    bs.add_argument("--impl", help="comma list of materialised,factorised,triton (default all)")
+    bs.add_argument("--impl", help="comma list of materialised,factorised,numba,triton,badge_numpy,sklearn "
+                    "(default all)")
+    bs.add_argument("--threads", default="1", help="torch / numba threads, one count or a comma list (default 1)")
     bs.add_argument("--json", help="append result rows (with device, versions, git revision) to this file")
     bs.set_defaults(func=_bench_sampler)
     bd = bsub.add_parser("data", help="decoding throughput per backend (PyAV, DALI CPU, DALI GPU) and step data/compute time")

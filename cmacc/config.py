@@ -109,7 +109,7 @@ class ModelConfig:
 class SamplerConfig:
     first: str = "random"  # first k-means++ centroid: random (paper, Alg. 3 l.2) | norm (BADGE)
     temperature: float = 1.0  # softmax temperature of the pseudo-posterior (Eq. 5 has none)
-    backend: str = "auto"  # auto | torch | triton
+    backend: str = "auto"  # auto (numba on CPU, triton on CUDA) | torch (the reference) | numba | triton
     exclude_batch: bool = True  # never pick a pool clip that is in the current mini-batch
     fresh_keys: bool = True  # enqueue picks re-encoded by the current h (False: the pool's keys, Alg. 1 l.9)
 
@@ -209,7 +209,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.fc": ("method", "cross", "self", "none"),
     "model.head": ("linear", "mlp"),
     "sampler.first": ("random", "norm"),
-    "sampler.backend": ("auto", "torch", "triton"),
+    "sampler.backend": ("auto", "torch", "numba", "triton"),
     "run.precision": ("fp32", "bf16", "fp16"),
 }
 

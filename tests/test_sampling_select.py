@@ -48,7 +48,8 @@ def _exact_sequence_probs(X: torch.Tensor, num: int, excluded: set[int]) -> dict
     return probs
 
 
-def test_draws_follow_d2_probabilities():
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_draws_follow_d2_probabilities(backend):
     """Empirical frequencies of whole pick sequences against Algorithm 3's exact probabilities."""
     N, M, d, num, draws = 5, 3, 2, 3, 6000
     k = unit_rows(N, d, seed=11, dtype=torch.float64) * torch.tensor([[1.0], [2.0], [0.5], [1.5], [1.0]], dtype=torch.float64)
@@ -58,7 +59,7 @@ def test_draws_follow_d2_probabilities():
     gen = torch.Generator().manual_seed(0)
     counts = dict.fromkeys(exact, 0)
     for _ in range(draws):
-        seq = tuple(select(k, Q, num, exclude=exclude, generator=gen).tolist())
+        seq = tuple(select(k, Q, num, exclude=exclude, generator=gen, backend=backend).tolist())
         assert seq in counts, f"impossible sequence {seq} (excluded row or repeat)"
         counts[seq] += 1
     obs = torch.tensor([counts[s] for s in exact], dtype=torch.float64)
@@ -235,8 +236,9 @@ def test_select_takes_numpy_lists_and_integer_likes_consistently():
 
 
 def test_backend_resolution(monkeypatch):
-    assert sampling.resolve_backend("auto", "cpu") == "torch"
+    assert sampling.resolve_backend("auto", "cpu") == "numba"  # CPU tensors: numba's fused rounds
     assert sampling.resolve_backend("torch", "cpu") == "torch"
+    assert sampling.resolve_backend("numba", "cpu") == "numba"
     monkeypatch.setenv("CMACC_SAMPLER_BACKEND", "torch")
     assert sampling.resolve_backend("auto", "cpu") == "torch"
     monkeypatch.setenv("CMACC_SAMPLER_BACKEND", "fast")

@@ -63,7 +63,7 @@ def test_summary_and_outputs(tmp_path):
         assert set(summary["probe"][mod]) == {"pretrained", "random_init"}
         assert 0.0 <= summary["probe"][mod]["pretrained"] <= 100.0
     assert 1.0 <= summary["negatives"]["mean_categories"] <= 8.0
-    assert summary["provenance"]["versions"]["torch"] and summary["sampler_backend"] == "torch"
+    assert summary["provenance"]["versions"]["torch"] and summary["sampler_backend"] == "numba"
     rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     for key in ("loss", "lr", "time_data", "time_compute", "time_sampler", "neg_categories"):
         assert key in rec

@@ -30,6 +30,7 @@ import os
 
 import torch
 
+from . import cpu
 from .kmeanspp import exp_noise, kmeanspp, race
 from .posterior import PseudoPosterior, gradient_embeddings, gradient_factors, key_gradient, pseudo_posterior
 
@@ -41,7 +42,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EMBEDDINGS = ("gradient", "feature", "key_gradient", "ohem", "random")
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "numba", "triton")
 ENV_BACKEND = "CMACC_SAMPLER_BACKEND"
 
 
@@ -58,11 +59,12 @@ def _triton_available(device: torch.device) -> tuple[bool, str]:
 
 
 def resolve_backend(backend: str = "auto", device: torch.device | str = "cpu") -> str:
-    """Which implementation runs: 'torch' or 'triton'.
+    """Which implementation runs: 'torch' (the reference), 'numba' (CPU) or 'triton' (CUDA).
 
     Precedence: an explicit ``backend`` argument, else the ``CMACC_SAMPLER_BACKEND``
-    environment variable, else auto = Triton on CUDA tensors, torch otherwise. Asking for
-    Triton where it cannot run raises; there is no silent fallback.
+    environment variable, else auto = Triton on CUDA tensors, numba's fused rounds on CPU
+    tensors, torch otherwise. Asking for a backend where it cannot run raises; there is no
+    silent fallback.
     """
     device = torch.device(device)
     if backend == "auto":
@@ -74,7 +76,12 @@ def resolve_backend(backend: str = "auto", device: torch.device | str = "cpu") -
     if backend == "auto":
         if device.type == "cuda" and _triton_available(device)[0]:
             return "triton"
-        return "torch"
+        return "numba" if device.type == "cpu" and cpu.available()[0] else "torch"
+    if backend == "numba":
+        ok, why = cpu.available()
+        if device.type != "cpu" or not ok:
+            raise RuntimeError(f"sampler backend 'numba' cannot run on {device}: "
+                               f"{why or 'it runs on CPU tensors only'}")
     if backend == "triton":
         ok, why = _triton_available(device)
         if not ok:
@@ -174,7 +181,7 @@ def select(pool_keys: torch.Tensor, queries: torch.Tensor | None, num: int, *,
     queries:     M x d queries defining the pseudo-label space (unused for feature/random).
     exclude:     bool mask of N, rows that must not be picked (e.g. already in the dictionary: U \\ D).
     generator:   torch.Generator on pool_keys' device; same state => same picks.
-    backend:     "auto" | "torch" | "triton" (see :func:`resolve_backend`).
+    backend:     "auto" | "torch" | "numba" | "triton" (see :func:`resolve_backend`).
     first:       first k-means++ centroid: "random" (paper) or "norm" (BADGE).
     temperature: softmax temperature of the pseudo-posterior (Eq. 5 uses 1); finite and > 0.
     noise:       explicit Exp(1) draws (num x N, finite, >= 0) instead of ``generator``, e.g. to
@@ -192,12 +199,14 @@ def select(pool_keys: torch.Tensor, queries: torch.Tensor | None, num: int, *,
         from cmacc import kernels
         return kernels.select(pool_keys, queries, num, embedding=embedding, exclude=exclude,
                               first=first, temperature=temperature, noise=noise)
-    return select_reference(pool_keys, queries, num, embedding=embedding, exclude=exclude,
-                            first=first, temperature=temperature, noise=noise)
+    return select_reference(pool_keys, queries, num, embedding=embedding, exclude=exclude, first=first,
+                            temperature=temperature, noise=noise,
+                            seeding=cpu.kmeanspp if impl == "numba" else kmeanspp)
 
 
-def select_reference(pool_keys, queries, num, *, embedding, exclude, first, temperature, noise):
-    """Plain-PyTorch implementation of :func:`select` (the reference every fast path matches)."""
+def select_reference(pool_keys, queries, num, *, embedding, exclude, first, temperature, noise, seeding=kmeanspp):
+    """Plain-PyTorch implementation of :func:`select` (the reference every fast path matches).
+    ``seeding``: the k-means++ implementation (the reference, or the CPU twin cmacc.sampling.cpu)."""
     n = pool_keys.shape[0]
     unavailable = torch.zeros(n, dtype=torch.bool, device=pool_keys.device) if exclude is None else exclude
     if embedding == "random":  # uniform without replacement: the num smallest Exp(1) draws
@@ -208,6 +217,6 @@ def select_reference(pool_keys, queries, num, *, embedding, exclude, first, temp
         return loss.masked_fill(unavailable, float("-inf")).topk(num).indices
     if embedding == "gradient":
         a, b = gradient_factors(pool_keys, queries, temperature)
-        return kmeanspp(num, noise, a=a, b=b, exclude=exclude, first=first)
+        return seeding(num, noise, a=a, b=b, exclude=exclude, first=first)
     x = pool_keys if embedding == "feature" else key_gradient(pool_keys, queries, temperature)
-    return kmeanspp(num, noise, x=x, exclude=exclude, first=first)
+    return seeding(num, noise, x=x, exclude=exclude, first=first)
