@@ -17,7 +17,12 @@ Exp(1) noise the kernel and the reference pick the same indices (up to fp32 roun
 distances, which only matters for exact near-ties).
 
 Round 0 draws the first centroid from the same kernel (FIRST=1: uniform, score -E; FIRST=2:
-largest s, BADGE). Every round streams the pool's factors from memory: N (M + d) x 4 bytes.
+largest s, BADGE). Every round streams the pool's factors from memory: N (M + d) x 4 bytes --
+except for rows pruned exactly (PRUNE=1), whose loads are masked off: the norm bound
+(||g_n|| - ||g_c||)^2 and the centroid bound (||g_c - g_a|| - D_n)^2 (a = the row's nearest
+centroid, when ||g_c - g_a|| >= 2 D_n) against D^2_n plus a rounding margin, as in the CPU
+twin (cmacc.sampling.cpu, whose docstring gives the argument). The distances between the newest
+centroid and the earlier ones are a few tiny ops per round on the device (no host sync).
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ import triton
 import triton.language as tl
 
 from cmacc.sampling.kmeanspp import kmeanspp as _kmeanspp_torch
+
+from cmacc.sampling.cpu import MARGIN
 
 from ._common import empty, next_pow2
 
@@ -62,10 +69,15 @@ def _seed_round_kernel(
     taken_ptr,  # 1 = excluded or already a centroid, N int8 (read-write)
     E_ptr,  # Exp(1) noise of this round, N fp32
     cells_ptr,  # packed winners, one int64 per round (cells[t] starts at -1)
+    near_ptr,  # pick order of each row's nearest centroid, N int32 (read-write; PRUNE only)
+    cc_ptr,  # ||g_c - g_(k)||^2 for the newest centroid c and earlier picks k < t - 1 (PRUNE only)
+    sk_ptr,  # s of the earlier picks k < t - 1 (PRUNE only)
+    margin,  # rounding margin of the bounds, relative to the squared norms
     t,  # this round
     N, MA, DB,  # sizes
     stride_a, stride_b,  # row strides (elements)
     RANK1: tl.constexpr,  # rank-1 rows a (x) b, else plain rows
+    PRUNE: tl.constexpr,  # skip (do not load) rows whose D^2 provably cannot change
     FIRST: tl.constexpr,  # 0: D^2 round; 1: first centroid uniform; 2: first centroid max s
     BLOCK_N: tl.constexpr,  # candidate rows per program
     BLOCK_C: tl.constexpr,  # columns per chunk of a dot product
@@ -86,14 +98,30 @@ def _seed_round_kernel(
         taken = taken | is_c
         tl.store(taken_ptr + rows, taken.to(tl.int8), mask=row_ok & is_c)
         s_c = tl.load(s_ptr + c)
+        d2_old = tl.load(d2_ptr + rows, mask=row_ok, other=0.0)
+        need = row_ok & ~taken
+        if PRUNE:
+            gap = tl.sqrt(s) - tl.sqrt(s_c)
+            known = d2_old < float("inf")
+            by_norm = known & (gap * gap >= d2_old + margin * (s + s_c))
+            has_cc = need & known & ((tl.zeros((BLOCK_N,), tl.int32) + t) > 1)  # round 1 has no earlier pair
+            a = tl.load(near_ptr + rows, mask=has_cc, other=0)
+            cca = tl.load(cc_ptr + a, mask=has_cc, other=0.0)
+            s_a = tl.load(sk_ptr + a, mask=has_cc, other=0.0)
+            gap_c = tl.sqrt(cca) - tl.sqrt(d2_old)
+            by_cent = known & (cca >= 4.0 * d2_old) & (gap_c * gap_c >= d2_old + margin * (s + s_c + s_a))
+            need = need & ~by_norm & ~by_cent
         if RANK1:
-            dot = _rowdot(A_ptr, rows, row_ok, c, MA, stride_a, BLOCK_N, BLOCK_C) * \
-                _rowdot(B_ptr, rows, row_ok, c, DB, stride_b, BLOCK_N, BLOCK_C)
+            dot = _rowdot(A_ptr, rows, need, c, MA, stride_a, BLOCK_N, BLOCK_C) * \
+                _rowdot(B_ptr, rows, need, c, DB, stride_b, BLOCK_N, BLOCK_C)
         else:
-            dot = _rowdot(A_ptr, rows, row_ok, c, MA, stride_a, BLOCK_N, BLOCK_C)
+            dot = _rowdot(A_ptr, rows, need, c, MA, stride_a, BLOCK_N, BLOCK_C)
         dist = tl.maximum(s + s_c - 2.0 * dot, 0.0)
-        d2 = tl.minimum(tl.load(d2_ptr + rows, mask=row_ok, other=0.0), dist)
-        tl.store(d2_ptr + rows, d2, mask=row_ok)
+        closer = need & (dist < d2_old)
+        d2 = tl.where(closer, dist, d2_old)
+        tl.store(d2_ptr + rows, d2, mask=closer)
+        if PRUNE:
+            tl.store(near_ptr + rows, tl.full((BLOCK_N,), 0, tl.int32) + (t - 1).to(tl.int32), mask=closer)
         score = tl.where(d2 > 0.0, d2 / e, -e)
     elif FIRST == 1:
         score = -e
@@ -109,9 +137,11 @@ def _seed_round_kernel(
 
 # ---------------------------------------------------------------- host wrapper
 def kmeanspp(num: int, noise: torch.Tensor, *, x=None, a=None, b=None, exclude=None, first: str = "random",
-             s: torch.Tensor | None = None, block_n: int = 128) -> torch.Tensor:
+             s: torch.Tensor | None = None, block_n: int = 128, prune: bool = True) -> torch.Tensor:
     """Triton twin of :func:`kmeanspp_reference`. ``s`` (squared norms) may be passed in when a
-    previous kernel already computed it (the pseudo-posterior does for gradient embeddings)."""
+    previous kernel already computed it (the pseudo-posterior does for gradient embeddings).
+    prune: mask off the loads of rows whose D^2 provably cannot change (the picks do not depend
+    on it)."""
     if (x is None) == (a is None or b is None):
         raise ValueError("kmeanspp: pass either x, or both factors a and b")
     rank1 = x is None
@@ -132,13 +162,32 @@ def kmeanspp(num: int, noise: torch.Tensor, *, x=None, a=None, b=None, exclude=N
              else exclude.to(device=dev, dtype=torch.int8).contiguous())
     d2 = torch.full((N,), float("inf"), dtype=torch.float32, device=dev)
     cells = torch.full((num,), -1, dtype=torch.int64, device=dev)
+    near = torch.zeros(N, dtype=torch.int32, device=dev)
+    cc = torch.zeros(max(num, 1), dtype=torch.float32, device=dev)
+    sk = torch.zeros(max(num, 1), dtype=torch.float32, device=dev)
     grid = (triton.cdiv(N, block_n),)
     block_c = min(64, next_pow2(max(P.shape[1], Q.shape[1], 16)))
     for t in range(num):  # one launch per round; the winner stays on the device
+        if prune and t >= 2:
+            _centroid_distances(P, Q, rank1, s, cells[:t], cc, sk)
         _seed_round_kernel[grid](
-            P, Q, s, d2, taken, noise[t], cells, t, N, P.shape[1], Q.shape[1], P.stride(0), Q.stride(0),
-            RANK1=rank1, FIRST=0 if t else (1 if first == "random" else 2), BLOCK_N=block_n, BLOCK_C=block_c,
-            num_warps=4)
+            P, Q, s, d2, taken, noise[t], cells, near, cc, sk, float(MARGIN), t, N, P.shape[1], Q.shape[1],
+            P.stride(0), Q.stride(0), RANK1=rank1, PRUNE=prune, FIRST=0 if t else (1 if first == "random" else 2),
+            BLOCK_N=block_n, BLOCK_C=block_c, num_warps=4)
     picks = empty((num,), torch.int64, dev)
     torch.sub(LOW, cells & LOW, out=picks)
     return picks
+
+
+def _centroid_distances(P, Q, rank1: bool, s, cells, cc, sk) -> None:
+    """cc[k] = ||g_c - g_(k)||^2 for the newest pick c = cells[-1] and the earlier ones k, and
+    sk[k] = s of pick k: t - 1 tiny dot products, queued on the device (no host sync)."""
+    picks = LOW - (cells & LOW)
+    c, prev = picks[-1], picks[:-1]
+    Pf, Pc = P[prev].float(), P[c].float()
+    dot = Pf @ Pc
+    if rank1:
+        dot = dot * (Q[prev].float() @ Q[c].float())
+    k = prev.shape[0]
+    torch.clamp_min((s[prev] + s[c]) - 2.0 * dot, 0.0, out=cc[:k])
+    sk[:k] = s[prev]

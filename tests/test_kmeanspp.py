@@ -88,3 +88,35 @@ def test_asking_for_triton_where_it_cannot_run_raises(monkeypatch):
     monkeypatch.setenv("CMACC_SAMPLER_BACKEND", "triton")
     with pytest.raises(RuntimeError, match="cannot run on cpu"):
         select(torch.randn(10, 4), torch.randn(2, 4), 2)
+
+
+def _clustered(n_clusters, per, d, spread, seed):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(n_clusters, d, generator=g), dim=1)
+    x = centres.repeat_interleave(per, 0) + spread * torch.randn(n_clusters * per, d, generator=g)
+    return torch.nn.functional.normalize(x, dim=1)
+
+
+@pytest.mark.parametrize("rank1", [True, False])
+def test_pruned_kernel_picks_equal_reference_on_a_clustered_pool(rank1, poison):
+    """Tight clusters, where the bounds skip most rows (counted by the CPU twin): the kernel
+    with pruned (masked) loads picks what the reference picks, with or without exclusions."""
+    import numpy as np
+
+    from cmacc.sampling import cpu
+    x = _clustered(6, 30, 8, 0.05, seed=2)
+    emb = dict(zip("ab", gradient_factors(x, unit_rows(5, 8, seed=9)))) if rank1 else {"x": x}
+    num, n = 24, x.shape[0]
+    noise = exp_noise(num, n, generator=torch.Generator().manual_seed(3))
+    stats = np.zeros((num, len(cpu.STATS)), dtype=np.int64)
+    want = kmeanspp_reference(num, noise, **emb)
+    assert torch.equal(cpu.kmeanspp(num, noise, stats=stats, **emb), want)
+    assert stats[1:, 2:4].sum() > 0.2 * stats[1:, 0].sum(), "the pool must exercise the bounds"
+    dev = {k: v.to(KERNEL_DEVICE) for k, v in emb.items()}
+    for prune in (True, False):
+        assert torch.equal(kmeanspp(num, noise.to(KERNEL_DEVICE), prune=prune, **dev).cpu(), want), prune
+    exclude = torch.zeros(n, dtype=torch.bool)
+    exclude[::3] = True
+    want = kmeanspp_reference(num, noise, exclude=exclude, **emb)
+    got = kmeanspp(num, noise.to(KERNEL_DEVICE), exclude=exclude.to(KERNEL_DEVICE), **dev)
+    assert torch.equal(got.cpu(), want)
