@@ -30,9 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from cmacc.sampling.kmeanspp import kmeanspp as _kmeanspp_torch
-
 from cmacc.sampling.cpu import MARGIN
+from cmacc.sampling.kmeanspp import kmeanspp as _kmeanspp_torch
 
 from ._common import empty, next_pow2
 

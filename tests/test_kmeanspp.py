@@ -8,10 +8,11 @@ import torch
 if os.environ.get("CMACC_REQUIRE_TRITON") != "1":  # CI sets it: there a missing Triton fails, not skips
     pytest.importorskip("triton", reason="the Triton kernels need `pip install cmacc[triton]` (in [dev])")
 
-from cmacc import sampling
 from cmacc.kernels.kmeanspp import kmeanspp, kmeanspp_reference
-from cmacc.sampling import exp_noise, gradient_factors, select
 from conftest import KERNEL_DEVICE, unit_rows
+
+from cmacc import sampling
+from cmacc.sampling import exp_noise, gradient_factors, select
 
 CASES = [  # N (prime / 1 / below and above the block), M, d, num
     (1, 1, 1, 1), (5, 3, 2, 5), (97, 1, 33, 24), (131, 17, 7, 30), (200, 5, 128, 16), (300, 33, 9, 12),
