@@ -32,6 +32,7 @@ from .sampling import exp_noise, gradient_embeddings, gradient_factors, kmeanspp
 
 IMPLS = ("materialised", "factorised", "numba", "triton", "badge_numpy", "sklearn")
 OURS = ("materialised", "factorised", "numba", "triton")  # same noise, same picks
+SWEEP = (4800, 9600, 19200, 38400, 76800, 153600)  # --sweep: pool sizes N
 
 
 def traffic_bytes(impl: str, N: int, M: int, d: int, num: int) -> int:
@@ -216,6 +217,32 @@ def _check_sizes(args) -> str | None:
     return None
 
 
+def plot_sweep(rows: list[dict], path: Path) -> None:
+    """Time per selection vs N (log-log), one line per implementation and thread count, against
+    the memory floor: the factorised traffic model over the measured copy bandwidth."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    timed = [r for r in rows if "time_s" in r]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for impl, n_threads in dict.fromkeys((r["impl"], r["threads"]) for r in timed):
+        pts = sorted((r["N"], r["time_s"]) for r in timed if (r["impl"], r["threads"]) == (impl, n_threads))
+        ax.plot(*zip(*pts), marker="o", label=f"{impl} ({n_threads} thr)")
+    r0 = rows[0]
+    sizes = sorted({r["N"] for r in rows})
+    floor = [traffic_bytes("factorised", n, r0["M"], r0["d"], r0["num"]) / (r0["device_copy_gbps"] * 1e9)
+             for n in sizes]
+    ax.plot(sizes, floor, "k--", label="memory floor (traffic / copy bandwidth)")
+    ax.set(xscale="log", yscale="log", xlabel="pool size N", ylabel="seconds per selection",
+           title=f"one selection, M={r0['M']} d={r0['d']}, {r0['device_name'].split(' (')[0]}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(args) -> int:
     impls = tuple(args.impl.split(",")) if args.impl else IMPLS
     bad = [i for i in impls if i not in IMPLS]
@@ -236,13 +263,20 @@ def main(args) -> int:
     if min(threads) < 1:
         print(f"error: --threads must be a comma list of counts >= 1, got {args.threads!r}", file=sys.stderr)
         return 2
-    rows = bench_sampler(args.device, args.pool, args.batch, args.dim, args.rounds, args.dtype, args.repeats, impls,
-                         threads=threads)
-    print(format_table(rows))
+    sizes = SWEEP if args.sweep else (args.pool,)
+    rows = []
+    for n in sizes:
+        rows += bench_sampler(args.device, n, args.batch, args.dim, args.rounds, args.dtype, args.repeats, impls,
+                              threads=threads)
+        print(format_table([r for r in rows if r["N"] == n]), flush=True)
     if args.json:
         path = Path(args.json)
         with open(path, "a") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
         print(f"appended {len(rows)} rows to {path}")
+    if args.sweep:
+        plot = Path(args.plot or "sampler_sweep.png")
+        plot_sweep(rows, plot)
+        print(f"wrote {plot}")
     return 0

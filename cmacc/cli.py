@@ -187,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     bs.add_argument("--impl", help="comma list of materialised,factorised,numba,triton,badge_numpy,sklearn "
                     "(default all)")
     bs.add_argument("--threads", default="1", help="torch / numba threads, one count or a comma list (default 1)")
+    bs.add_argument("--sweep", action="store_true", help="N = 4,800 ... 153,600 (doubling) instead of --pool, "
+                    "and a PNG of time vs N against the memory floor")
+    bs.add_argument("--plot", help="the sweep's PNG (default sampler_sweep.png)")
     bs.add_argument("--json", help="append result rows (with device, versions, git revision) to this file")
     bs.set_defaults(func=_bench_sampler)
     bd = bsub.add_parser("data", help="decoding throughput per backend (PyAV, DALI CPU, DALI GPU) and step data/compute time")

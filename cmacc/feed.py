@@ -8,6 +8,8 @@ order.
 """
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Callable
 
@@ -33,12 +35,26 @@ def generator(seed: int, *keys: int, device: torch.device | str = "cpu") -> torc
     return g
 
 
+_DATASET = None  # the dataset of a pick-loading worker process (set by _pick_worker)
+
+
+def _pick_worker(dataset) -> None:
+    global _DATASET
+    _DATASET = dataset
+    torch.set_num_threads(1)  # as DataLoader workers
+
+
+def _load(requests: list[ClipRequest]) -> dict:
+    return collate([_DATASET[r] for r in requests])
+
+
 class Feed:
     """Finished batches from a dataset: workers load clips (collate), the main process finishes
     them (DALI decoding, stacking) and reports every clip skipped under the bad-input policy."""
 
     def __init__(self, dataset, device: torch.device, cfg: Config, skip_log=None, workers: int | None = None) -> None:
         self.dataset, self.device = dataset, device
+        self._pool: ProcessPoolExecutor | None = None  # loads picks while the main process samples
         self.num_workers = cfg.data.num_workers if workers is None else workers  # cmacc.cores caps it
         self.finish = Finisher(dataset if isinstance(dataset, ManifestAV) else None, device,
                                max_batch=cfg.M, num_threads=cfg.data.dali_threads)
@@ -50,9 +66,25 @@ class Feed:
         for b in loader:
             yield self._finish(b)
 
-    def one(self, requests: list[ClipRequest]) -> dict:
-        """One batch, loaded in this process (picks to re-encode)."""
-        return self._finish(collate([self.dataset[r] for r in requests]))
+    def one(self, requests: list[ClipRequest], loading: Future | None = None) -> dict:
+        """One batch (picks to re-encode): from ``loading`` (see :meth:`submit`), else loaded here."""
+        batch = loading.result() if loading is not None else collate([self.dataset[r] for r in requests])
+        return self._finish(batch)
+
+    def submit(self, requests: list[ClipRequest]) -> Future | None:
+        """Start loading ``requests`` in a worker process (None without workers: :meth:`one` loads
+        them then). The workers are forked once, with the dataset, and live until :meth:`close`."""
+        if not self.num_workers:
+            return None
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.num_workers, mp_context=multiprocessing.get_context("fork"),
+                                             initializer=_pick_worker, initargs=(self.dataset,))
+        return self._pool.submit(_load, requests)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def _finish(self, batch: dict) -> dict:
         b = self.finish(batch)
@@ -105,21 +137,44 @@ def encode_keys(model, feed: Feed, ids: torch.Tensor, tag: str, round_: int, cfg
     return c.gather(torch.cat(kv)), c.gather(torch.cat(ka))  # local row j -> global j W + r
 
 
-def pick_encoder(model, feed: Feed, round_: int, amp: Amp):
+class PickEncoder:
     """encode_picks for CrossModalMoCo: keys of this rank's share of the picked pool clips, from
     the current key encoders.
 
     The clips are rendered exactly as in pool round ``round_`` (same augmentation), so a fresh
-    key is the pool key re-computed with today's h -- only the encoder's age differs. Loaded in
-    the main process (a DataLoader per call would cost more than the few clips)."""
+    key is the pool key re-computed with today's h -- only the encoder's age differs. The model
+    calls :meth:`prefetch` as soon as one modality's picks are known, so that a worker process
+    loads them while the main process samples the other modality; without workers (or for ids
+    not prefetched) they are loaded in the main process."""
+
+    def __init__(self, model, feed: Feed, round_: int, amp: Amp) -> None:
+        self.model, self.feed, self.round, self.amp = model, feed, round_, amp
+        self.loading: dict[str, tuple[list[ClipRequest], Future]] = {}
+
+    def _requests(self, modality: str, ids: torch.Tensor) -> list[ClipRequest]:
+        return [ClipRequest(int(i), self.round, "pool", modality) for i in ids.tolist()]
+
+    def prefetch(self, modality: str, ids: torch.Tensor) -> None:
+        reqs = self._requests(modality, ids)
+        loading = self.feed.submit(reqs)
+        if loading is not None:
+            self.loading[modality] = (reqs, loading)
+
+    def _clips(self, modality: str, ids: torch.Tensor) -> torch.Tensor:
+        reqs = self._requests(modality, ids)
+        sent, loading = self.loading.pop(modality, (None, None))
+        return self.feed.one(reqs, loading if sent == reqs else None)[modality]
+
     @torch.no_grad()
-    def encode(ids_v: torch.Tensor, ids_a: torch.Tensor):
-        v = feed.one([ClipRequest(int(i), round_, "pool", "video") for i in ids_v.tolist()])["video"]
-        a = feed.one([ClipRequest(int(i), round_, "pool", "audio") for i in ids_a.tolist()])["audio"]
-        with amp():
-            return (model.h_v(v.to(feed.device, non_blocking=True)).float(),
-                    model.h_a(a.to(feed.device, non_blocking=True)).float())
-    return encode
+    def __call__(self, ids_v: torch.Tensor, ids_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v, a = self._clips("video", ids_v), self._clips("audio", ids_a)
+        with self.amp():
+            return (self.model.h_v(v.to(self.feed.device, non_blocking=True)).float(),
+                    self.model.h_a(a.to(self.feed.device, non_blocking=True)).float())
+
+
+def pick_encoder(model, feed: Feed, round_: int, amp: Amp) -> PickEncoder:
+    return PickEncoder(model, feed, round_, amp)
 
 
 def refresh_pool(model, feed: Feed, cfg: Config, round_: int, amp: Amp) -> None:

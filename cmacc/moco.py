@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -58,7 +59,7 @@ class StepOutput:
     enqueued_a: torch.Tensor  # clip ids enqueued into D_a this step (M,)
     spread_v: torch.Tensor  # sqrt(1 - |mean q_v|^2) over this rank's queries: 0 when they collapse to one point
     spread_a: torch.Tensor
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float | None] = field(default_factory=dict)  # seconds; pruned_v/a: fractions
 
 
 class QueryEncoders(nn.Module):
@@ -235,14 +236,18 @@ class CrossModalMoCo(nn.Module):
 
     @torch.no_grad()
     def _pick(self, U: torch.Tensor, D_ids: torch.Tensor, queries: torch.Tensor, batch_ids: torch.Tensor,
-              generator: torch.Generator | None) -> torch.Tensor:
-        """Alg. 1 l.15-20 (or its ablations): M indices into U, from U \\ D (and not the batch)."""
+              generator: torch.Generator | None) -> tuple[torch.Tensor, float | None]:
+        """Alg. 1 l.15-20 (or its ablations): M indices into U, from U \\ D (and not the batch), and
+        the fraction of available rows the CPU sampler's bounds pruned (None: no k-means++ rounds)."""
         exclude = torch.isin(self.U_ids, D_ids)  # U \ D: rows already in the dictionary
         if self.sampler.exclude_batch:
             exclude |= torch.isin(self.U_ids, batch_ids)  # the batch's own clips are positives
-        return sampling.select(U, queries, self.M, embedding=self.negatives, exclude=exclude,
-                               generator=generator, backend=self.sampler.backend,
-                               first=self.sampler.first, temperature=self.sampler.temperature)
+        stats = np.zeros((self.M, len(sampling.cpu.STATS)), dtype=np.int64)
+        picks = sampling.select(U, queries, self.M, embedding=self.negatives, exclude=exclude,
+                                generator=generator, backend=self.sampler.backend, first=self.sampler.first,
+                                temperature=self.sampler.temperature, stats=stats)
+        available = int(stats[1:, 0].sum() - stats[1:, 1].sum())  # rows seen in D^2 rounds, not excluded
+        return picks, (float(stats[1:, 2:4].sum() / available) if available else None)
 
     # ---- one training step (Alg. 1 l.11-37) ----
     def forward(self, video: torch.Tensor, audio: torch.Tensor, ids: torch.Tensor,
@@ -253,7 +258,8 @@ class CrossModalMoCo(nn.Module):
         video_k / audio_k: the key views (second augmentations) for the unimodal objective;
         the cross-modal objective encodes keys from the same clips (Alg. 1 l.31).
         encode_picks(ids_v, ids_a) -> (keys_v, keys_a): keys of picked pool clips from the
-        *current* key encoders, called with this rank's share of the picks. Without it the
+        *current* key encoders, called with this rank's share of the picks; its optional
+        ``prefetch(modality, ids)`` is called as soon as one modality's picks are known. Without it the
         pool's keys from its last refresh are enqueued (Alg. 1 as printed); those are older than
         every positive key, and the queries can learn to tell keys apart by age alone -- see
         README, "stale pool keys".
@@ -271,9 +277,15 @@ class CrossModalMoCo(nn.Module):
         if self.uses_pool:  # Active sampling (l.14-30), enqueued before the loss as in Alg. 1
             Q_Dv, Q_Da = c.gather(q_for_Dv.detach().float()), c.gather(q_for_Da.detach().float())  # M x d
             t0 = time.perf_counter()
-            S_v = self._pick(self.U_v, self.D_v_ids, Q_Dv, batch_ids, generator)  # l.14-20, same on every rank
-            S_a = self._pick(self.U_a, self.D_a_ids, Q_Da, batch_ids, generator)  # l.23-29
-            enq_v, enq_a = self.U_ids[S_v], self.U_ids[S_a]
+            prefetch = getattr(encode_picks, "prefetch", None)  # load one modality's picks during the other's
+            S_v, timings["pruned_v"] = self._pick(self.U_v, self.D_v_ids, Q_Dv, batch_ids, generator)  # l.14-20
+            enq_v = self.U_ids[S_v]
+            if prefetch is not None:
+                prefetch("video", c.shard(enq_v))
+            S_a, timings["pruned_a"] = self._pick(self.U_a, self.D_a_ids, Q_Da, batch_ids, generator)  # l.23-29
+            enq_a = self.U_ids[S_a]
+            if prefetch is not None:
+                prefetch("audio", c.shard(enq_a))
             if video.is_cuda:
                 torch.cuda.synchronize(video.device)
             timings["sampler"] = time.perf_counter() - t0

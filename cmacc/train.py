@@ -389,6 +389,7 @@ class Pretraining:
                     spread_v=losses[5], spread_a=losses[6], collapsed=self.collapse.collapsed,
                     lr=float(self.lrs[s]), skipped=skipped, time_data=t_data, time_compute=t_compute,
                     time_sampler=o.timings.get("sampler", 0.0), time_picks=o.timings.get("encode_picks", 0.0),
+                    pruned_v=o.timings.get("pruned_v"), pruned_a=o.timings.get("pruned_a"),
                     neg_categories=both, neg_categories_v=cat_v, neg_categories_a=cat_a,
                     picks_digest=ids_digest(o.enqueued_v, o.enqueued_a))
 
@@ -426,6 +427,7 @@ class Pretraining:
                         break
         finally:
             bar.close()
+            self.feed.close()
             for sg, h in handlers.items():
                 signal.signal(sg, h)
         return step, signal_name if step < cfg.steps else None

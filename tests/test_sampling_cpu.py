@@ -130,3 +130,12 @@ def test_bench_sampler_rows_per_thread_count_with_peers():
     assert all("same_picks_as_factorised" not in r for r in rows if r["impl"] in ("badge_numpy", "sklearn"))
     table = format_table(rows)
     assert "2 thread(s)" in table and "badge_numpy" in table
+
+
+def test_sweep_plot_is_written(tmp_path):
+    from cmacc.bench import bench_sampler, plot_sweep
+    rows = []
+    for n in (64, 128):
+        rows += bench_sampler("cpu", N=n, M=8, d=4, repeats=1, impls=("factorised", "numba"))
+    plot_sweep(rows, tmp_path / "sweep.png")
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -166,3 +166,23 @@ def test_bf16_default_run_probes_like_fp32(tmp_path):
     for mod in ("video", "audio"):
         assert abs(res["bf16"][mod]["pretrained"] - res["fp32"][mod]["pretrained"]) <= 10.0, (mod, res)
         assert res["bf16"][mod]["pretrained"] > res["bf16"][mod]["random_init"] + 10.0, (mod, res)
+
+
+def test_picks_loaded_by_a_worker_during_sampling_give_the_same_run(tmp_path, monkeypatch):
+    """data.num_workers=1: the picks of one modality load in a worker process while the main
+    process samples the other (PickEncoder.prefetch); the keys, and so the run, are unchanged."""
+    from cmacc.feed import Feed
+    used, real_one = [], Feed.one
+
+    def one(self, requests, loading=None):
+        used.append(loading is not None)
+        return real_one(self, requests, loading)
+    monkeypatch.setattr(Feed, "one", one)
+    runs = {}
+    for w in (0, 1):
+        pretrain(tiny(f"data.num_workers={w}", "probe.enabled=false", "steps=5"), tmp_path / f"w{w}")
+        runs[w] = [json.loads(ln) for ln in (tmp_path / f"w{w}" / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(runs[0], runs[1], strict=True):
+        assert a["picks_digest"] == b["picks_digest"] and a["loss"] == pytest.approx(b["loss"], rel=1e-6), a["step"]
+        assert a["pruned_v"] is not None and 0.0 <= a["pruned_v"] <= 1.0
+    assert used == [False] * 10 + [True] * 10  # 5 steps x 2 modalities: in this process, then from the worker

@@ -23,6 +23,7 @@ the same generator state gives the same picks, on every backend.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import numbers
@@ -172,7 +173,7 @@ def select(pool_keys: torch.Tensor, queries: torch.Tensor | None, num: int, *,
            embedding: str = "gradient", exclude: torch.Tensor | None = None,
            generator: torch.Generator | None = None, backend: str = "auto",
            first: str = "random", temperature: float = 1.0,
-           noise: torch.Tensor | None = None) -> torch.Tensor:
+           noise: torch.Tensor | None = None, stats=None) -> torch.Tensor:
     """Pick ``num`` distinct rows of ``pool_keys`` as negatives; returns int64 indices (num,).
 
     pool_keys:   N x d candidate keys (any float dtype; maths in fp32). Every array argument may be a
@@ -186,6 +187,9 @@ def select(pool_keys: torch.Tensor, queries: torch.Tensor | None, num: int, *,
     temperature: softmax temperature of the pseudo-posterior (Eq. 5 uses 1); finite and > 0.
     noise:       explicit Exp(1) draws (num x N, finite, >= 0) instead of ``generator``, e.g. to
                  compare backends pick for pick.
+    stats:       optional int64 numpy array (num x 5); the numba backend adds, per seeding round,
+                 the rows it saw, skipped as excluded/picked, pruned by each bound, and computed
+                 (``cmacc.sampling.cpu.STATS``). Other backends leave it untouched.
     """
     pool_keys, queries, num, exclude, temperature, noise = _inputs(pool_keys, queries, num, exclude, temperature,
                                                                    noise)
@@ -199,9 +203,11 @@ def select(pool_keys: torch.Tensor, queries: torch.Tensor | None, num: int, *,
         from cmacc import kernels
         return kernels.select(pool_keys, queries, num, embedding=embedding, exclude=exclude,
                               first=first, temperature=temperature, noise=noise)
+    seeding = kmeanspp
+    if impl == "numba":
+        seeding = functools.partial(cpu.kmeanspp, stats=stats)
     return select_reference(pool_keys, queries, num, embedding=embedding, exclude=exclude, first=first,
-                            temperature=temperature, noise=noise,
-                            seeding=cpu.kmeanspp if impl == "numba" else kmeanspp)
+                            temperature=temperature, noise=noise, seeding=seeding)
 
 
 def select_reference(pool_keys, queries, num, *, embedding, exclude, first, temperature, noise, seeding=kmeanspp):
