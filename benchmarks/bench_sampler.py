@@ -58,16 +58,7 @@ def test_triton(benchmark, problem):
     _bench(benchmark, "triton", problem)
 
 
-@pytest.mark.skipif(DEVICE != "cpu", reason="the CPU fast path")
-def test_numba(benchmark, problem):
-    _bench(benchmark, "numba", problem)
-
-
-@pytest.mark.skipif(DEVICE != "cpu", reason="a CPU peer")
-def test_badge_numpy(benchmark, problem):
-    _bench(benchmark, "badge_numpy", problem)
-
-
-@pytest.mark.skipif(DEVICE != "cpu", reason="a CPU peer")
-def test_sklearn(benchmark, problem):
-    _bench(benchmark, "sklearn", problem)
+@pytest.mark.skipif(DEVICE != "cpu", reason="the CPU fast path and its CPU peers")
+@pytest.mark.parametrize("impl", ["numba", "badge_numpy", "sklearn"])
+def test_cpu(benchmark, problem, impl):
+    _bench(benchmark, impl, problem)

@@ -158,25 +158,10 @@ def _version(expect: list[str]) -> int:
     return 2 if bad else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cmacc", description="Cross-Modal Active Contrastive Coding")
-    parser.add_argument("--version", action="store_true",
-                        help="print cmacc's git revision and library versions (what run.json records)")
-    parser.add_argument("--expect", action="append", default=[], metavar="KEY=VALUE",
-                        help="with --version: exit 2 unless KEY (revision, torch, cuda, dali, dali_wheel) has "
-                             "VALUE here (the Docker build checks its labels with this)")
-    sub = parser.add_subparsers(dest="command")
-    p = sub.add_parser("pretrain", help="self-supervised audio-visual pretraining (built-in dataset by default)")
-    p.add_argument("--config", type=Path, help="YAML file of config keys (may name a preset: cpu | paper)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key, e.g. --set method=xmoco --set K=256 (repeatable)")
-    p.add_argument("--out", type=Path, help="run folder (default runs/<method>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.set_defaults(func=_pretrain)
-
+def _add_bench(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks: sampler throughput, data loading")
     bsub = b.add_subparsers(dest="what", required=True)
-    bs = bsub.add_parser("sampler", help="one modality's active selection: materialised vs factorised vs Triton")
+    bs = bsub.add_parser("sampler", help="one modality's active selection: cmacc's paths and peers side by side")
     bs.add_argument("--device", default="cuda" if _cuda() else "cpu", help="cpu | cuda | cuda:N")
     bs.add_argument("--pool", type=int, default=None, help="N candidates (default 38400 on cuda, 4800 on cpu)")
     bs.add_argument("--batch", type=int, default=128, help="M queries = picks (default 128)")
@@ -214,6 +199,25 @@ def main(argv: list[str] | None = None) -> int:
     bt.add_argument("--json", help="append result rows (with device, versions, git revision) to this file")
     bt.set_defaults(func=_bench_dist)
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cmacc", description="Cross-Modal Active Contrastive Coding")
+    parser.add_argument("--version", action="store_true",
+                        help="print cmacc's git revision and library versions (what run.json records)")
+    parser.add_argument("--expect", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --version: exit 2 unless KEY (revision, torch, cuda, dali, dali_wheel) has "
+                             "VALUE here (the Docker build checks its labels with this)")
+    sub = parser.add_subparsers(dest="command")
+    p = sub.add_parser("pretrain", help="self-supervised audio-visual pretraining (built-in dataset by default)")
+    p.add_argument("--config", type=Path, help="YAML file of config keys (may name a preset: cpu | paper)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set method=xmoco --set K=256 (repeatable)")
+    p.add_argument("--out", type=Path, help="run folder (default runs/<method>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.set_defaults(func=_pretrain)
+
+    _add_bench(sub)
     sc = sub.add_parser("scan", help="probe every file of a manifest or folder; report unusable, blank and "
                         "silent ones (exit 1 when pretraining would leave any out)")
     sc.add_argument("source", type=Path, help="manifest CSV or folder of videos")
