@@ -139,3 +139,9 @@ def test_sweep_plot_is_written(tmp_path):
         rows += bench_sampler("cpu", N=n, M=8, d=4, repeats=1, impls=("factorised", "numba"))
     plot_sweep(rows, tmp_path / "sweep.png")
     assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_stats_of_the_wrong_shape_are_refused():
+    a, b = gradient_factors(*_problem(50, 4, 3, torch.float32, seed=1))
+    with pytest.raises(ValueError, match=r"stats must be an int64 numpy array of shape \(>= 10, 5\)"):
+        cpu.kmeanspp(10, _noise(10, 50, 1), a=a, b=b, stats=np.zeros((3, 5), dtype=np.int64))

@@ -159,6 +159,10 @@ def kmeanspp(num: int, noise: torch.Tensor, *, x: torch.Tensor | None = None, a:
     picks = np.empty(num, dtype=np.int64)
     if stats is None:
         stats = np.zeros((max(num, 1), len(STATS)), dtype=np.int64)
+    elif not (isinstance(stats, np.ndarray) and stats.dtype == np.int64 and stats.ndim == 2
+              and stats.shape[0] >= num and stats.shape[1] == len(STATS)):  # numba does not bounds-check
+        raise ValueError(f"stats must be an int64 numpy array of shape (>= {num}, {len(STATS)}), got "
+                         f"{getattr(stats, 'dtype', type(stats).__name__)} {getattr(stats, 'shape', '')}")
     if num:
         _seed(A, B, rank1, s, E, taken, picks, first == "norm", prune, stats)
     return torch.from_numpy(picks).to(noise.device)
