@@ -238,7 +238,7 @@ class CrossModalMoCo(nn.Module):
     def _pick(self, U: torch.Tensor, D_ids: torch.Tensor, queries: torch.Tensor, batch_ids: torch.Tensor,
               generator: torch.Generator | None) -> tuple[torch.Tensor, float | None]:
         """Alg. 1 l.15-20 (or its ablations): M indices into U, from U \\ D (and not the batch), and
-        the fraction of available rows the CPU sampler's bounds pruned (None: no k-means++ rounds)."""
+        the fraction of available rows the CPU sampler never read (None: no k-means++ rounds)."""
         exclude = torch.isin(self.U_ids, D_ids)  # U \ D: rows already in the dictionary
         if self.sampler.exclude_batch:
             exclude |= torch.isin(self.U_ids, batch_ids)  # the batch's own clips are positives
@@ -247,7 +247,7 @@ class CrossModalMoCo(nn.Module):
                                 generator=generator, backend=self.sampler.backend, first=self.sampler.first,
                                 temperature=self.sampler.temperature, stats=stats)
         available = int(stats[1:, 0].sum() - stats[1:, 1].sum())  # rows seen in D^2 rounds, not excluded
-        return picks, (float(stats[1:, 2:4].sum() / available) if available else None)
+        return picks, (float(stats[1:, 2:5].sum() / available) if available else None)  # rows not read
 
     # ---- one training step (Alg. 1 l.11-37) ----
     def forward(self, video: torch.Tensor, audio: torch.Tensor, ids: torch.Tensor,

@@ -22,7 +22,7 @@ def _noise(num, N, seed):
     return exp_noise(max(num, 1), N, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("prune", [True, False])
+@pytest.mark.parametrize("prune", ["lazy", True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("first", ["random", "norm"])
 @pytest.mark.parametrize("N,M,d,num", CASES)
@@ -34,17 +34,21 @@ def test_rank1_picks_equal_reference(N, M, d, num, first, dtype, prune):
     exclude[0] = False
     num = min(num, int((~exclude).sum()))
     want = kmeanspp(num, noise, a=a, b=b, exclude=exclude, first=first)
-    got = cpu.kmeanspp(num, noise, a=a, b=b, exclude=exclude, first=first, prune=prune)
+    got = cpu.kmeanspp(num, noise, a=a, b=b, exclude=exclude, first=first, **_mode(prune))
     assert torch.equal(got, want)
     assert not exclude[got].any() and len(set(got.tolist())) == num
 
 
-@pytest.mark.parametrize("prune", [True, False])
+def _mode(prune):
+    return {"lazy": True} if prune == "lazy" else {"lazy": False, "prune": prune}
+
+
+@pytest.mark.parametrize("prune", ["lazy", True, False])
 @pytest.mark.parametrize("N,M,d,num", CASES)
 def test_plain_picks_equal_reference(N, M, d, num, prune):
     x, _ = _problem(N, M, d, torch.float32, seed=3 * N)
     noise = _noise(num, N, 2)
-    assert torch.equal(cpu.kmeanspp(num, noise, x=x, prune=prune), kmeanspp(num, noise, x=x))
+    assert torch.equal(cpu.kmeanspp(num, noise, x=x, **_mode(prune)), kmeanspp(num, noise, x=x))
 
 
 def test_duplicates_and_all_equal_rows():
@@ -53,12 +57,14 @@ def test_duplicates_and_all_equal_rows():
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):
         noise = exp_noise(6, 9, generator=gen)
-        got = cpu.kmeanspp(6, noise, x=x, first="norm")
-        assert torch.equal(got, kmeanspp(6, noise, x=x, first="norm")) and len(set(got.tolist())) == 6
+        for lazy in (True, False):
+            got = cpu.kmeanspp(6, noise, x=x, first="norm", lazy=lazy)
+            assert torch.equal(got, kmeanspp(6, noise, x=x, first="norm")) and len(set(got.tolist())) == 6
     same = torch.ones(50, 8)  # all rows equal: the draw is uniform among the rest, never twice
     noise = exp_noise(50, 50, generator=gen)
-    got = cpu.kmeanspp(50, noise, x=same)
-    assert torch.equal(got, kmeanspp(50, noise, x=same)) and sorted(got.tolist()) == list(range(50))
+    for lazy in (True, False):
+        got = cpu.kmeanspp(50, noise, x=same, lazy=lazy)
+        assert torch.equal(got, kmeanspp(50, noise, x=same)) and sorted(got.tolist()) == list(range(50))
 
 
 def _clustered(n_clusters=12, per=150, d=32, spread=0.05, seed=0):
@@ -77,11 +83,11 @@ def test_pruning_skips_rows_on_a_clustered_pool_and_keeps_every_pick():
     for emb in ({"x": x}, {"a": a, "b": b}):
         noise = _noise(64, x.shape[0], 3)
         stats = np.zeros((64, len(cpu.STATS)), dtype=np.int64)
-        got = cpu.kmeanspp(64, noise, prune=True, stats=stats, **emb)
+        got = cpu.kmeanspp(64, noise, lazy=False, prune=True, stats=stats, **emb)
         assert torch.equal(got, kmeanspp(64, noise, **emb))
-        assert torch.equal(got, cpu.kmeanspp(64, noise, prune=False, **emb))
-        rows, taken, by_norm, by_centroid, computed = stats[1:].sum(0)
-        assert rows == 63 * x.shape[0] and taken + by_norm + by_centroid + computed == rows
+        assert torch.equal(got, cpu.kmeanspp(64, noise, lazy=False, prune=False, **emb))
+        rows, taken, by_norm, by_centroid, deferred, computed = stats[1:].sum(0)
+        assert rows == 63 * x.shape[0] and taken + by_norm + by_centroid + computed == rows and deferred == 0
         if "x" in emb:  # plain rows in tight clusters: the centroid bound does most of the work
             assert (by_norm + by_centroid) / rows > 0.5, stats[1:].sum(0)
 
@@ -92,7 +98,8 @@ def test_pruned_rows_keep_their_exact_d2():
     x = _clustered(n_clusters=6, per=40, d=8, spread=0.1, seed=1).double()
     num = 20
     noise = _noise(num, x.shape[0], 4)
-    picks = cpu.kmeanspp(num, noise, x=x)
+    picks = cpu.kmeanspp(num, noise, x=x, lazy=False)
+    assert torch.equal(picks, cpu.kmeanspp(num, noise, x=x))  # and the lazy rounds
     d2 = torch.cdist(x, x[picks]) ** 2  # brute force: D^2 after each round
     for t in range(1, num):  # the reference's choice in round t depends on min over picks[:t]
         ref = torch.where(d2[:, :t].min(1).values > 0, d2[:, :t].min(1).values / noise[t], -noise[t])
@@ -143,5 +150,20 @@ def test_sweep_plot_is_written(tmp_path):
 
 def test_stats_of_the_wrong_shape_are_refused():
     a, b = gradient_factors(*_problem(50, 4, 3, torch.float32, seed=1))
-    with pytest.raises(ValueError, match=r"stats must be an int64 numpy array of shape \(>= 10, 5\)"):
-        cpu.kmeanspp(10, _noise(10, 50, 1), a=a, b=b, stats=np.zeros((3, 5), dtype=np.int64))
+    with pytest.raises(ValueError, match=r"stats must be an int64 numpy array of shape \(>= 10, 6\)"):
+        cpu.kmeanspp(10, _noise(10, 50, 1), a=a, b=b, stats=np.zeros((3, 6), dtype=np.int64))
+
+
+@pytest.mark.parametrize("rank1", [True, False])
+def test_lazy_rounds_read_few_rows_and_keep_every_pick(rank1):
+    """Random pool, N = 3,000: after the first D^2 round (a full pass), a round refreshes only the
+    rows whose stale bound D^2/E can still beat the best exact score -- a few per round."""
+    k, q = _problem(3000, 32, 16, torch.float32, seed=8)
+    emb = dict(zip("ab", gradient_factors(k, q))) if rank1 else {"x": k}
+    noise = _noise(64, 3000, 6)
+    stats = np.zeros((64, len(cpu.STATS)), dtype=np.int64)
+    got = cpu.kmeanspp(64, noise, stats=stats, **emb)
+    assert torch.equal(got, kmeanspp(64, noise, **emb))
+    assert stats[1, 5] == 2999  # the first D^2 round reads every available row
+    assert stats[2:, 5].mean() < 0.05 * 3000, stats[2:, 5]
+    assert (stats[1:, 4] + stats[1:, 5] + stats[1:, 1] == stats[1:, 0]).all()

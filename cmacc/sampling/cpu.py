@@ -1,15 +1,27 @@
-"""k-means++ seeding on the CPU: one fused pass per round, with exact pruning -- the CPU fast path.
+"""k-means++ seeding on the CPU: lazy exact rounds (default), or fused eager rounds with pruning.
 
 The twin of :func:`cmacc.sampling.kmeanspp.kmeanspp` (the plain-PyTorch reference), compiled with
-numba (a dependency of librosa, so always present). A round of the reference makes two GEMVs
-and a dozen passes over N-vectors; here each candidate row is visited once per round: its two
-dot products with the newest centroid, the running minimum D^2, the exponential-race score and
-the running argmax happen while the row is in registers. Given the same Exp(1) noise it picks
-the same indices as the reference (distances agree to fp32 rounding, which can only matter at
-exact near-ties), and every arithmetic step is written in the reference's order.
+numba (a dependency of librosa, so always present). Given the same Exp(1) noise it picks the same
+indices as the reference (distances agree to fp32 rounding, which can only matter at exact
+near-ties), and every arithmetic step is written in the reference's order.
 
-Exact pruning (Raff, "Exact Acceleration of K-Means++ and K-Means||", IJCAI 2021; Elkan 2003):
-a candidate n whose current D^2_n cannot shrink this round is not read at all. Two lower bounds
+Lazy rounds (``_seed_lazy``). The reference updates every row's D^2 every round, streaming the
+N x (M + d) factors 128 times. But a round only needs the winner of the exponential race,
+argmax D^2_n / E_n, and D^2 only shrinks as centroids are added: a row's D^2 from its last
+update -- stale by the centroids added since -- bounds its score from above. Each round makes
+one pass over N-vectors (stale D^2, E) for these bounds, then brings rows up to date (their
+distances to the centroids they missed) in decreasing order of bound until the next bound is
+below the best exact score: no other row can win. The winner, and every D^2 that is ever
+read, are exactly the eager rounds'. After the first D^2 round (one full pass) a round reads a
+handful of rows: on a random pool of 38,400, one or two.
+
+Eager rounds (``_seed``, ``lazy=False``): a round makes two GEMVs and a dozen passes over
+N-vectors in the reference; here each candidate row is visited once per round -- its two dot
+products with the newest centroid, the running minimum D^2, the race score and the running
+argmax happen while the row is in registers.
+
+Exact pruning in the eager rounds (Raff, "Exact Acceleration of K-Means++ and K-Means||", IJCAI
+2021; Elkan 2003): a candidate n whose current D^2_n cannot shrink this round is not read at all. Two lower bounds
 on ||g_n - g_c||^2 for the new centroid c, both from the triangle inequality:
 
 * norms:     (||g_n|| - ||g_c||)^2;
@@ -40,7 +52,8 @@ MARGIN = np.float32(1e-5)  # relative to s_n + s_c: far above fp32 rounding of a
 # reassociation lets LLVM vectorise the dot products; no fast-math on comparisons or division
 # (inf marks "no centroid yet", and the score must be the reference's exact d2 / e).
 _FASTMATH = {"reassoc", "contract"}
-STATS = ("rows", "excluded", "pruned_norm", "pruned_centroid", "computed")
+STATS = ("rows", "excluded", "pruned_norm", "pruned_centroid", "deferred", "computed")
+TOP = 32  # lazy rounds: candidates kept from the bound pass before a full refresh pass is needed
 
 
 def available() -> tuple[bool, str]:
@@ -56,6 +69,101 @@ if numba is not None:
         for j in range(pc.shape[0]):
             acc += P[i, j] * pc[j]
         return acc
+
+    @njit(fastmath=_FASTMATH, cache=True, nogil=True)
+    def _first(s, noise, taken, first_norm):
+        """Round 0: the first centroid, uniform via the race (score -E) or the largest norm (BADGE)."""
+        best, arg = -np.inf, -1
+        for i in range(s.shape[0]):
+            if taken[i]:
+                continue
+            score = s[i] if first_norm else -noise[0, i]
+            if score > best:
+                best, arg = score, i
+        return arg
+
+    @njit(fastmath=_FASTMATH, cache=True, nogil=True)
+    def _refresh(A, B, rank1, s, picks, upto, i, d2, last):
+        """Row i's D^2 brought up to date: the distances to the centroids picks[last[i]:upto], each
+        computed exactly as the eager rounds compute it, in the same order."""
+        di = d2[i]
+        two, zero = s.dtype.type(2.0), s.dtype.type(0.0)
+        for k in range(last[i], upto):
+            c = picks[k]
+            dot = _dot(A, i, A[c]) * _dot(B, i, B[c]) if rank1 else _dot(A, i, A[c])
+            dist = max((s[i] + s[c]) - two * dot, zero)
+            if dist < di:
+                di = dist
+        d2[i] = di
+        last[i] = upto
+        return di
+
+    @njit(fastmath=_FASTMATH, cache=True, nogil=True)
+    def _seed_lazy(A, B, rank1, s, noise, taken, picks, first_norm, stats):
+        """All rounds, lazily. D^2 only shrinks as centroids are added, so a row's D^2 from its last
+        refresh bounds its race score from above: UB = D^2_stale / E (or -E once D^2 = 0). A round
+        refreshes rows in decreasing UB until the next UB is below the best exact score -- no
+        other row can win -- so the pick is the eager rounds' pick while most rows are not read.
+        stats[t] += (rows, excluded, 0, 0, deferred, refreshed) of round t."""
+        n = A.shape[0]
+        num = picks.shape[0]
+        d2 = np.full(n, np.inf, dtype=s.dtype)
+        last = np.zeros(n, dtype=np.int64)  # d2[i] is the minimum over picks[:last[i]]
+        top_ub = np.empty(TOP, dtype=s.dtype)
+        top_i = np.empty(TOP, dtype=np.int64)
+        arg = _first(s, noise, taken, first_norm)
+        picks[0] = arg
+        taken[arg] = 1
+        for t in range(1, num):
+            e = noise[t]
+            kept, rest, n_taken = 0, -np.inf, 0  # rest: the largest UB not kept in the top list
+            for i in range(n):  # pass over N-vectors only: bounds, the top candidates
+                if taken[i]:
+                    n_taken += 1
+                    continue
+                ub = d2[i] / e[i] if d2[i] > 0 else -e[i]
+                if kept == TOP and ub <= top_ub[TOP - 1]:
+                    rest = max(rest, ub)
+                    continue
+                if kept == TOP:
+                    rest = max(rest, top_ub[TOP - 1])
+                else:
+                    kept += 1
+                j = kept - 1
+                while j > 0 and top_ub[j - 1] < ub:  # insertion, descending
+                    top_ub[j] = top_ub[j - 1]
+                    top_i[j] = top_i[j - 1]
+                    j -= 1
+                top_ub[j] = ub
+                top_i[j] = i
+            best, arg, refreshed = -np.inf, -1, 0
+            for r in range(kept):
+                if top_ub[r] < best:
+                    break
+                i = top_i[r]
+                di = _refresh(A, B, rank1, s, picks, t, i, d2, last)
+                refreshed += 1
+                score = di / e[i] if di > 0 else -e[i]
+                if score > best or (score == best and i < arg):
+                    best, arg = score, i
+            if rest >= best:  # a row outside the top list may still win: refresh all that can
+                for i in range(n):
+                    if taken[i] or last[i] == t:
+                        continue
+                    ub = d2[i] / e[i] if d2[i] > 0 else -e[i]
+                    if ub < best:
+                        continue
+                    di = _refresh(A, B, rank1, s, picks, t, i, d2, last)
+                    refreshed += 1
+                    score = di / e[i] if di > 0 else -e[i]
+                    if score > best or (score == best and i < arg):
+                        best, arg = score, i
+            picks[t] = arg
+            taken[arg] = 1
+            stats[t, 0] += n
+            stats[t, 1] += n_taken
+            stats[t, 4] += n - n_taken - refreshed
+            stats[t, 5] += refreshed
 
     @njit(fastmath=_FASTMATH, cache=True, nogil=True)
     def _seed(A, B, rank1, s, noise, taken, picks, first_norm, prune, stats):
@@ -127,17 +235,18 @@ if numba is not None:
             stats[t, 1] += n_taken
             stats[t, 2] += n_norm
             stats[t, 3] += n_cent
-            stats[t, 4] += n - n_taken - n_norm - n_cent
+            stats[t, 5] += n - n_taken - n_norm - n_cent
 
 
 def kmeanspp(num: int, noise: torch.Tensor, *, x: torch.Tensor | None = None, a: torch.Tensor | None = None,
              b: torch.Tensor | None = None, exclude: torch.Tensor | None = None, first: str = "random",
-             prune: bool = True, stats: np.ndarray | None = None) -> torch.Tensor:
+             prune: bool = True, lazy: bool = True, stats: np.ndarray | None = None) -> torch.Tensor:
     """CPU twin of :func:`cmacc.sampling.kmeanspp.kmeanspp` (same arguments and result).
 
-    prune: skip rows whose D^2 provably cannot change (see the module docstring); the picks do
-           not depend on it. stats: optional int64 array (num x 5) accumulating, per round, the
-           counts named in ``STATS``.
+    lazy:  refresh only the rows that can still win the round (see ``_seed_lazy``); else every
+           row every round, with prune: skip rows whose D^2 provably cannot change (the module
+           docstring). The picks depend on neither. stats: optional int64 array (num x 6)
+           accumulating, per round, the counts named in ``STATS``.
     """
     ok, why = available()
     if not ok:
@@ -163,7 +272,9 @@ def kmeanspp(num: int, noise: torch.Tensor, *, x: torch.Tensor | None = None, a:
               and stats.shape[0] >= num and stats.shape[1] == len(STATS)):  # numba does not bounds-check
         raise ValueError(f"stats must be an int64 numpy array of shape (>= {num}, {len(STATS)}), got "
                          f"{getattr(stats, 'dtype', type(stats).__name__)} {getattr(stats, 'shape', '')}")
-    if num:
+    if num and lazy:
+        _seed_lazy(A, B, rank1, s, E, taken, picks, first == "norm", stats)
+    elif num:
         _seed(A, B, rank1, s, E, taken, picks, first == "norm", prune, stats)
     return torch.from_numpy(picks).to(noise.device)
 
