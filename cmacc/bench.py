@@ -41,10 +41,15 @@ def traffic_bytes(impl: str, N: int, M: int, d: int, num: int) -> int:
     factorised / triton: read keys (N d) and write the factor a (N M) once; every round reads
       a, b (N (M + d)), s, D^2, E, the mask (~4 N) and writes D^2 (N).
     materialised: write G (N M d) once, read it every round (N M d), plus the same N-vectors.
+    numba (lazy rounds): keys and a once, one full pass over a, b (the first D^2 round), then per
+      round only the N-vectors of the bounds (stale D^2, E: 8 N bytes, the mask: N) -- the rows it
+      brings up to date are a handful and not counted.
     """
     vec = 5 * N
     if impl == "materialised":
         return 4 * (N * d + N * M * d + num * (N * M * d + vec))
+    if impl == "numba":
+        return 4 * (N * d + N * M + N * (M + d)) + num * 9 * N
     return 4 * (N * d + N * M + num * (N * (M + d) + vec))
 
 
