@@ -238,7 +238,7 @@ def plot_sweep(rows: list[dict], path: Path) -> None:
     sizes = sorted({r["N"] for r in rows})
     floor = [traffic_bytes("factorised", n, r0["M"], r0["d"], r0["num"]) / (r0["device_copy_gbps"] * 1e9)
              for n in sizes]
-    ax.plot(sizes, floor, "k--", label="memory floor (traffic / copy bandwidth)")
+    ax.plot(sizes, floor, "k--", label="eager rounds' memory floor (traffic / copy bandwidth)")
     ax.set(xscale="log", yscale="log", xlabel="pool size N", ylabel="seconds per selection",
            title=f"one selection, M={r0['M']} d={r0['d']}, {r0['device_name'].split(' (')[0]}")
     ax.grid(True, which="both", alpha=0.3)
