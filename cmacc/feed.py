@@ -173,10 +173,6 @@ class PickEncoder:
                     self.model.h_a(a.to(self.feed.device, non_blocking=True)).float())
 
 
-def pick_encoder(model, feed: Feed, round_: int, amp: Amp) -> PickEncoder:
-    return PickEncoder(model, feed, round_, amp)
-
-
 def refresh_pool(model, feed: Feed, cfg: Config, round_: int, amp: Amp) -> None:
     """Alg. 1 l.7-9: draw N distinct clips (the same on every rank) and encode them with h."""
     ids = torch.randperm(len(feed.dataset), generator=generator(cfg.seed, POOL, round_))[:cfg.N]

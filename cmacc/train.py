@@ -42,7 +42,7 @@ from .config import RECOVERY, Config, ConfigError, changed_keys, dump_yaml
 from .data.build import build_data
 from .diagnostics import class_separation, count_categories, ids_digest, replicated_state
 from .dist import Comm
-from .feed import STEP, Feed, StepBatches, generator, init_queues, pick_encoder, refresh_pool
+from .feed import STEP, Feed, PickEncoder, StepBatches, generator, init_queues, refresh_pool
 from .health import CollapseWatch, all_finite, non_finite_names
 from .moco import CrossModalMoCo, SamplerOptions
 from .models import build_encoder
@@ -318,7 +318,7 @@ class Pretraining:
         for g in self.opt.param_groups:
             g["lr"] = float(self.lrs[s])
         self.where["where"] = "picks"
-        enc = pick_encoder(model, self.feed, s // self.refresh_every, self.amp) \
+        enc = PickEncoder(model, self.feed, s // self.refresh_every, self.amp) \
             if model.uses_pool and cfg.sampler.fresh_keys else None
         try:
             with self.amp():

@@ -23,6 +23,14 @@ def unit_rows(n: int, d: int, *, seed: int, dtype=torch.float32) -> torch.Tensor
     return torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1).to(dtype)
 
 
+def clustered_rows(n_clusters: int, per: int, d: int, spread: float, seed: int) -> torch.Tensor:
+    """Unit rows in tight clusters (where the samplers' exact bounds fire)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(n_clusters, d, generator=g), dim=1)
+    x = centres.repeat_interleave(per, 0) + spread * torch.randn(n_clusters * per, d, generator=g)
+    return torch.nn.functional.normalize(x, dim=1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ if os.environ.get("CMACC_REQUIRE_TRITON") != "1":  # CI sets it: there a missing
     pytest.importorskip("triton", reason="the Triton kernels need `pip install cmacc[triton]` (in [dev])")
 
 from cmacc.kernels.kmeanspp import kmeanspp, kmeanspp_reference
-from conftest import KERNEL_DEVICE, unit_rows
+from conftest import KERNEL_DEVICE, clustered_rows, unit_rows
 
 from cmacc import sampling
 from cmacc.sampling import exp_noise, gradient_factors, select
@@ -91,13 +91,6 @@ def test_asking_for_triton_where_it_cannot_run_raises(monkeypatch):
         select(torch.randn(10, 4), torch.randn(2, 4), 2)
 
 
-def _clustered(n_clusters, per, d, spread, seed):
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.nn.functional.normalize(torch.randn(n_clusters, d, generator=g), dim=1)
-    x = centres.repeat_interleave(per, 0) + spread * torch.randn(n_clusters * per, d, generator=g)
-    return torch.nn.functional.normalize(x, dim=1)
-
-
 @pytest.mark.parametrize("rank1", [True, False])
 def test_pruned_kernel_picks_equal_reference_on_a_clustered_pool(rank1, poison):
     """Tight clusters, where the bounds skip most rows (counted by the CPU twin): the kernel
@@ -105,7 +98,7 @@ def test_pruned_kernel_picks_equal_reference_on_a_clustered_pool(rank1, poison):
     import numpy as np
 
     from cmacc.sampling import cpu
-    x = _clustered(6, 30, 8, 0.05, seed=2)
+    x = clustered_rows(6, 30, 8, 0.05, seed=2)
     emb = dict(zip("ab", gradient_factors(x, unit_rows(5, 8, seed=9)))) if rank1 else {"x": x}
     num, n = 24, x.shape[0]
     noise = exp_noise(num, n, generator=torch.Generator().manual_seed(3))

@@ -4,7 +4,7 @@ on awkward pools; pruning happens where it should and never changes a pick."""
 import numpy as np
 import pytest
 import torch
-from conftest import unit_rows
+from conftest import clustered_rows, unit_rows
 
 from cmacc import sampling
 from cmacc.sampling import cpu, exp_noise, gradient_factors, kmeanspp, select
@@ -67,17 +67,10 @@ def test_duplicates_and_all_equal_rows():
         assert torch.equal(got, kmeanspp(50, noise, x=same)) and sorted(got.tolist()) == list(range(50))
 
 
-def _clustered(n_clusters=12, per=150, d=32, spread=0.05, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.nn.functional.normalize(torch.randn(n_clusters, d, generator=g), dim=1)
-    x = centres.repeat_interleave(per, 0) + spread * torch.randn(n_clusters * per, d, generator=g)
-    return torch.nn.functional.normalize(x, dim=1)
-
-
 def test_pruning_skips_rows_on_a_clustered_pool_and_keeps_every_pick():
     """A pool of tight clusters: after a centroid lands in each cluster, most rows are provably
     closer to their own centroid than to any new one -- they are skipped, and no pick changes."""
-    x = _clustered()
+    x = clustered_rows(12, 150, 32, 0.05, seed=0)
     q = unit_rows(16, 32, seed=7)
     a, b = gradient_factors(x, q)
     for emb in ({"x": x}, {"a": a, "b": b}):
@@ -95,7 +88,7 @@ def test_pruning_skips_rows_on_a_clustered_pool_and_keeps_every_pick():
 def test_pruned_rows_keep_their_exact_d2():
     """The bounds are lower bounds: for every pruned row, the distance to the new centroid is at
     least its D^2 (checked by brute force on a pool where both bounds fire)."""
-    x = _clustered(n_clusters=6, per=40, d=8, spread=0.1, seed=1).double()
+    x = clustered_rows(6, 40, 8, 0.1, seed=1).double()
     num = 20
     noise = _noise(num, x.shape[0], 4)
     picks = cpu.kmeanspp(num, noise, x=x, lazy=False)

@@ -83,6 +83,11 @@ if numba is not None:
         return arg
 
     @njit(fastmath=_FASTMATH, cache=True, nogil=True)
+    def _race(d2, e):
+        """The exponential race's score of a row: D^2 / E, or -E once D^2 = 0 (uniform among those)."""
+        return d2 / e if d2 > 0 else -e
+
+    @njit(fastmath=_FASTMATH, cache=True, nogil=True)
     def _refresh(A, B, rank1, s, picks, upto, i, d2, last):
         """Row i's D^2 brought up to date: the distances to the centroids picks[last[i]:upto], each
         computed exactly as the eager rounds compute it, in the same order."""
@@ -121,7 +126,7 @@ if numba is not None:
                 if taken[i]:
                     n_taken += 1
                     continue
-                ub = d2[i] / e[i] if d2[i] > 0 else -e[i]
+                ub = _race(d2[i], e[i])
                 if kept == TOP and ub <= top_ub[TOP - 1]:
                     rest = max(rest, ub)
                     continue
@@ -141,21 +146,16 @@ if numba is not None:
                 if top_ub[r] < best:
                     break
                 i = top_i[r]
-                di = _refresh(A, B, rank1, s, picks, t, i, d2, last)
+                score = _race(_refresh(A, B, rank1, s, picks, t, i, d2, last), e[i])
                 refreshed += 1
-                score = di / e[i] if di > 0 else -e[i]
                 if score > best or (score == best and i < arg):
                     best, arg = score, i
             if rest >= best:  # a row outside the top list may still win: refresh all that can
                 for i in range(n):
-                    if taken[i] or last[i] == t:
+                    if taken[i] or last[i] == t or _race(d2[i], e[i]) < best:
                         continue
-                    ub = d2[i] / e[i] if d2[i] > 0 else -e[i]
-                    if ub < best:
-                        continue
-                    di = _refresh(A, B, rank1, s, picks, t, i, d2, last)
+                    score = _race(_refresh(A, B, rank1, s, picks, t, i, d2, last), e[i])
                     refreshed += 1
-                    score = di / e[i] if di > 0 else -e[i]
                     if score > best or (score == best and i < arg):
                         best, arg = score, i
             picks[t] = arg
@@ -178,14 +178,7 @@ if numba is not None:
         near = np.zeros(n, dtype=np.int32)  # pick order of each row's nearest centroid
         norm = np.sqrt(s)
         cc = np.zeros(num, dtype=s.dtype)  # ||g_c - g_(k)||^2 for the newest centroid c, k < t
-        # round 0: the first centroid (uniform via the race, or the largest norm as BADGE)
-        best, arg = -inf, -1
-        for i in range(n):
-            if taken[i]:
-                continue
-            score = s[i] if first_norm else -noise[0, i]
-            if score > best:
-                best, arg = score, i
+        arg = _first(s, noise, taken, first_norm)
         picks[0] = arg
         taken[arg] = 1
         for t in range(1, num):
@@ -226,7 +219,7 @@ if numba is not None:
                         di = dist
                         d2[i] = dist
                         near[i] = t - 1
-                score = di / e[i] if di > 0 else -e[i]
+                score = _race(di, e[i])
                 if score > best:  # strict: the lowest index wins ties, as torch.argmax
                     best, arg = score, i
             picks[t] = arg
