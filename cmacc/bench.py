@@ -28,6 +28,7 @@ import torch
 from torch.nn import functional as F
 
 from . import bench_peers, provenance, sampling
+from .allocator import keep_freed_memory
 from .sampling import exp_noise, gradient_embeddings, gradient_factors, kmeanspp
 
 IMPLS = ("materialised", "factorised", "numba", "triton", "badge_numpy", "sklearn")
@@ -132,6 +133,7 @@ def bench_sampler(device: str = "cpu", N: int = 4800, M: int = 128, d: int = 128
     noise = exp_noise(num, N, generator=g, device=dev)
     bw = device_bandwidth(dev)
     prov = provenance.collect(dev)
+    allocator = keep_freed_memory()  # as training does: every row runs without per-call page faults
     rows = []
     for n_threads in threads:
         set_threads(n_threads)
@@ -141,7 +143,8 @@ def bench_sampler(device: str = "cpu", N: int = 4800, M: int = 128, d: int = 128
         for impl in impls:
             row = {"bench": "sampler", "impl": impl, "device": str(dev), "device_name": prov["device_name"],
                    "threads": n_threads, "N": N, "M": M, "d": d, "num": num, "dtype": dtype, "repeats": repeats,
-                   "device_copy_gbps": bw, "versions": prov["versions"], "git": prov["git"]}
+                   "device_copy_gbps": bw, "allocator": allocator, "versions": prov["versions"],
+                   "git": prov["git"]}
             why = _unavailable(impl, dev, N, M, d)
             if why:
                 group.append({**row, "skipped": why})

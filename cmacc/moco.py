@@ -219,18 +219,24 @@ class CrossModalMoCo(nn.Module):
     def _advance(self) -> None:
         self.queue_ptr.copy_((self.queue_ptr + self.M) % self.K)
 
+    def _shuffle(self, m: int, generator: torch.Generator | None) -> torch.Tensor | None:
+        """The key batch's shuffle (MoCo's shuffling BN): one permutation of the M global positions
+        from the step's generator, the same on every rank; None without shuffling."""
+        if not self.shuffle_bn:
+            return None
+        return torch.randperm(m * self.comm.world, generator=generator,  # M, on the generator's device
+                              device=generator.device if generator is not None else "cpu")
+
     @torch.no_grad()
-    def _keys(self, h: Encoder, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def _keys(self, h: Encoder, x: torch.Tensor, perm: torch.Tensor | None) -> torch.Tensor:
         """Alg. 1 l.31 with shuffling BN: keys of the global batch (M x d, every rank).
 
-        x: this rank's m clips. The global batch is permuted by one permutation of (seed, step),
-        the same on every rank (MoCo broadcasts one from rank 0), each rank encodes its share of
-        the shuffled batch, and the gathered keys are put back in batch order."""
+        x: this rank's m clips; perm: from :meth:`_shuffle` (MoCo broadcasts one from rank 0).
+        Each rank encodes its share of the shuffled batch, and the gathered keys are put back in
+        batch order."""
         c = self.comm
-        if not self.shuffle_bn:
+        if perm is None:
             return c.gather(h(x).float())
-        perm = torch.randperm(x.shape[0] * c.world, generator=generator,  # M, on the generator's device
-                              device=generator.device if generator is not None else "cpu")
         k = c.gather(h(c.permute(x, perm)).float())  # M x d, in shuffled order
         return k[torch.argsort(perm).to(k.device)]
 
@@ -267,10 +273,10 @@ class CrossModalMoCo(nn.Module):
         """
         c, timings = self.comm, {}
         q_v, q_a = self.encode_queries(video, audio)  # q_v: m x d (l.23), q_a: m x d (l.14)
-        with torch.no_grad():
-            k_v = self._keys(self.h_v, video if video_k is None else video_k, generator)  # k_v: M x d (l.31)
-            k_a = self._keys(self.h_a, audio if audio_k is None else audio_k, generator)  # k_a: M x d
-            batch_ids = c.gather(ids)  # M
+        # The shuffles are drawn before the sampler's noise (one generator stream), but the keys are
+        # encoded after the picks are known: the picks load in workers meanwhile.
+        perm_v, perm_a = self._shuffle(q_v.shape[0], generator), self._shuffle(q_a.shape[0], generator)
+        batch_ids = c.gather(ids)  # M
         # The queries that will be contrasted against D_v choose D_v's negatives, and vice versa.
         q_for_Dv, q_for_Da = (q_a, q_v) if self.objective == "cross" else (q_v, q_a)
 
@@ -289,6 +295,10 @@ class CrossModalMoCo(nn.Module):
             if video.is_cuda:
                 torch.cuda.synchronize(video.device)
             timings["sampler"] = time.perf_counter() - t0
+        with torch.no_grad():
+            k_v = self._keys(self.h_v, video if video_k is None else video_k, perm_v)  # k_v: M x d (l.31)
+            k_a = self._keys(self.h_a, audio if audio_k is None else audio_k, perm_a)  # k_a: M x d
+        if self.uses_pool:
             if encode_picks is None:
                 keys_v, keys_a = self.U_v[S_v], self.U_a[S_a]  # keys from the last pool refresh (l.9)
             else:

@@ -37,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import checkpoint, cores, dist, provenance, run_folder
+from .allocator import keep_freed_memory
 from .bn import bn_layout, bn_statistics, sync_batchnorm
 from .config import RECOVERY, Config, ConfigError, changed_keys, dump_yaml
 from .data.build import build_data
@@ -122,6 +123,7 @@ class Pretraining:
         comm.agree(self._preflight())
         self.budget = cores.plan(cfg.run.threads, cfg.data.num_workers, comm.launch.local_world)
         cores.apply(self.budget, comm.launch.local_world)
+        self.allocator = keep_freed_memory(cfg.run.keep_freed_memory)
         torch.use_deterministic_algorithms(cfg.run.deterministic, warn_only=True)
         self.device = comm.device
         self.backend = resolve_backend(cfg.sampler.backend, self.device)
@@ -145,7 +147,8 @@ class Pretraining:
         self.lrs = lr_schedule(cfg)
         self.spe = max(1, self.n_train // cfg.M)  # steps per epoch
         self.refresh_every = cfg.pool_refresh or self.spe
-        self.feed = Feed(self.data.train, self.device, cfg, self._skipped, workers=self.budget.workers)
+        self.feed = Feed(self.data.train, self.device, cfg, self._skipped, workers=self.budget.workers,
+                         picks=self.model.uses_pool and cfg.sampler.fresh_keys)
         self.collapse = CollapseWatch(cfg.K, warmup=cfg.warmup_steps)
         self.saved_step = None  # the newest checkpoint on disk: the last good state
 
@@ -212,7 +215,7 @@ class Pretraining:
     def _info(self) -> dict:
         c = self.comm
         return {"provenance": self.prov, "sampler_backend": self.backend, "precision": self.cfg.run.precision,
-                "cpu": self.budget.to_dict(),
+                "cpu": {**self.budget.to_dict(), "allocator": self.allocator},
                 "distributed": {**c.describe(), "batch_per_rank": self.cfg.M // c.world,
                                 "bn_groups": self.bn_per_rank * c.world, "bn_groups_per_rank": self.bn_per_rank,
                                 "sync_bn": self.sync_groups is not None}}

@@ -89,8 +89,9 @@ def shuffled_keys(bn_splits: str):
     for m in (dist_model, ref):
         m.set_pool(torch.arange(N) * 3, pool_v, pool_a)
     with torch.no_grad():
-        k_dist = dist_model._keys(dist_model.h_v, c.shard(video), torch.Generator().manual_seed(3))
-        k_ref = ref._keys(ref.h_v, video, torch.Generator().manual_seed(3))
+        k_dist = dist_model._keys(dist_model.h_v, c.shard(video),
+                                dist_model._shuffle(c.shard(video).shape[0], torch.Generator().manual_seed(3)))
+        k_ref = ref._keys(ref.h_v, video, ref._shuffle(video.shape[0], torch.Generator().manual_seed(3)))
     torch.testing.assert_close(k_dist, k_ref, rtol=1e-5, atol=1e-5)
     # one whole step: same picks, same queues, loss = mean of the ranks' losses
     o_dist = dist_model(c.shard(video), c.shard(audio), c.shard(ids), generator=torch.Generator().manual_seed(5))

@@ -136,12 +136,15 @@ class SyntheticAV(torch.utils.data.Dataset):
         T, S = self.T, self.src_S
         t = np.arange(o, o + T, dtype=np.float32)
         yy, xx = np.meshgrid(np.arange(S, dtype=np.float32) / S, np.arange(S, dtype=np.float32) / S, indexing="ij")
-        frames = np.broadcast_to(inst["base"], (T, S, S, 3)).copy()
+        # Drifting gratings: sum_g cos(spatial_g + drift_g t) colour_g, with cos(A + B) expanded,
+        # as one (P x 2G) @ (2G x 3T) product over the P = S x S pixels.
+        space, time_ = [], []
         for f, phi, ph, drift, colour in inst["gratings"]:
-            spatial = 2 * np.pi * f * (xx * np.cos(phi) + yy * np.sin(phi)) + ph  # cos(A + B_t), expanded
-            ca, sa, cb, sb = np.cos(spatial), np.sin(spatial), np.cos(drift * t), np.sin(drift * t)
-            wave = ca[None] * cb[:, None, None] - sa[None] * sb[:, None, None]  # T x S x S
-            frames += wave[..., None] * colour
+            spatial = (2 * np.pi * f * (xx * np.cos(phi) + yy * np.sin(phi)) + ph).ravel()
+            space += [np.cos(spatial), np.sin(spatial)]
+            time_ += [np.cos(drift * t)[:, None] * colour, -np.sin(drift * t)[:, None] * colour]  # T x 3 each
+        waves = np.stack(space, 1, dtype=np.float32) @ np.stack(time_).reshape(len(time_), T * 3)  # P x 3T
+        frames = waves.reshape(S, S, T, 3).transpose(2, 0, 1, 3) + inst["base"]  # T x S x S x 3
         g = 5 * self.cell
         ar, ti = np.arange(g), np.arange(T)[:, None, None]
         span = S - g  # sprites bounce inside the frame: position folded into [0, span]
