@@ -9,7 +9,6 @@ order.
 from __future__ import annotations
 
 import multiprocessing
-import os
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Callable
@@ -24,7 +23,6 @@ from .dist import Comm
 
 # purposes of derived generators
 DATA, POOL, QUEUE, STEP = 1, 2, 3, 4
-BATCH_NICENESS = 5  # os.nice increment of batch-loading workers when picks load in workers too
 
 
 def derived_seed(seed: int, *keys: int) -> int:
@@ -46,15 +44,6 @@ def _pick_worker(dataset) -> None:
     torch.set_num_threads(1)  # as DataLoader workers
 
 
-def _yield_to_picks(worker_id: int) -> None:
-    """DataLoader workers run at a lower priority than the pick worker: batches are prefetched
-    (several steps ahead), picks are waited for within the step."""
-    try:
-        os.nice(BATCH_NICENESS)
-    except OSError:  # not permitted (some containers): equal priority
-        pass
-
-
 def _load(requests: list[ClipRequest]) -> dict:
     return collate([_DATASET[r] for r in requests])
 
@@ -63,22 +52,17 @@ class Feed:
     """Finished batches from a dataset: workers load clips (collate), the main process finishes
     them (DALI decoding, stacking) and reports every clip skipped under the bad-input policy."""
 
-    def __init__(self, dataset, device: torch.device, cfg: Config, skip_log=None, workers: int | None = None,
-                 picks: bool = False) -> None:
-        """picks: pool clips will be loaded through :meth:`submit` too (fresh keys); then batch
-        workers yield the CPU to the pick worker."""
+    def __init__(self, dataset, device: torch.device, cfg: Config, skip_log=None, workers: int | None = None) -> None:
         self.dataset, self.device = dataset, device
         self._pool: ProcessPoolExecutor | None = None  # loads picks while the main process samples
         self.num_workers = cfg.data.num_workers if workers is None else workers  # cmacc.cores caps it
-        self._pick_workers = picks and self.num_workers > 0
         self.finish = Finisher(dataset if isinstance(dataset, ManifestAV) else None, device,
                                max_batch=cfg.M, num_threads=cfg.data.dali_threads)
         self.skip_log = skip_log  # callable(list of (path, reason)) or None
 
     def __call__(self, batches):
         loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
-                                             collate_fn=collate, prefetch_factor=4 if self.num_workers else None,
-                                             worker_init_fn=_yield_to_picks if self._pick_workers else None)
+                                             collate_fn=collate, prefetch_factor=4 if self.num_workers else None)
         for b in loader:
             yield self._finish(b)
 

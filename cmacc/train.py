@@ -147,8 +147,7 @@ class Pretraining:
         self.lrs = lr_schedule(cfg)
         self.spe = max(1, self.n_train // cfg.M)  # steps per epoch
         self.refresh_every = cfg.pool_refresh or self.spe
-        self.feed = Feed(self.data.train, self.device, cfg, self._skipped, workers=self.budget.workers,
-                         picks=self.model.uses_pool and cfg.sampler.fresh_keys)
+        self.feed = Feed(self.data.train, self.device, cfg, self._skipped, workers=self.budget.workers)
         self.collapse = CollapseWatch(cfg.K, warmup=cfg.warmup_steps)
         self.saved_step = None  # the newest checkpoint on disk: the last good state
 
