@@ -147,6 +147,50 @@ def _manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .evaluation.encoders import export
+    r = export(args.run, args.out)
+    print(f"wrote {r['out']}: f_v {r['arch']['video']} + f_a {r['arch']['audio']} ({r['parameters']:,} parameters) "
+          f"from {r['checkpoint']} (step {r['step']}, method {r['method']})")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluation import run
+    cfg = load_config(args.config, args.set)
+    given_model = [s for s in args.set if s.startswith("model.")]
+    if given_model and (args.encoders or args.run):
+        raise ConfigError(f"{given_model[0]}: model.* chooses the --random-init architecture; an export or run "
+                          f"brings its own")
+    out = args.out or Path("evals") / (Path(args.encoders).stem if args.encoders else
+                                       Path(args.run).name if args.run else "random-init")
+    run(args.task, cfg, data=args.data, protocol=args.protocol, out=out, encoders_file=args.encoders,
+        run_dir=args.run, random_init=args.random_init, cv=args.cv)
+    return 0
+
+
+def _add_eval(sub) -> None:
+    ex = sub.add_parser("export", help="write a run's query encoders f_v, f_a (state dicts + architecture) to a file")
+    ex.add_argument("run", type=Path, help="run folder (its newest intact checkpoint)")
+    ex.add_argument("--out", type=Path, required=True, help="encoder file, e.g. encoders.pt")
+    ex.set_defaults(func=_export)
+    ev = sub.add_parser("eval", help="downstream evaluation: esc50 (linear | finetune | baseline)")
+    ev.add_argument("task", choices=("esc50",))
+    ev.add_argument("--data", type=Path, required=True, help="dataset root (esc50: meta/esc50.csv + audio/)")
+    ev.add_argument("--protocol", default="linear", help="esc50: linear (default) | finetune | baseline")
+    src = ev.add_mutually_exclusive_group()
+    src.add_argument("--encoders", help="an encoder file from `cmacc export`")
+    src.add_argument("--run", help="a run folder: its newest intact checkpoint")
+    src.add_argument("--random-init", action="store_true",
+                     help="random weights of the default (or --set model.video/model.audio) architectures (default)")
+    ev.add_argument("--cv", type=int, default=None, help="K folds grouped by src_file instead of the csv's folds")
+    ev.add_argument("--out", type=Path, help="output folder (default evals/<encoder name>)")
+    ev.add_argument("--config", type=Path, help="YAML of config keys (eval.*, data.cache_dir, run.*, model.*)")
+    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key, e.g. --set eval.crops=10 --set eval.epochs=30 (repeatable)")
+    ev.set_defaults(func=_eval)
+
+
 def _version(expect: list[str]) -> int:
     from . import provenance
 
@@ -218,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_pretrain)
 
     _add_bench(sub)
+    _add_eval(sub)
     sc = sub.add_parser("scan", help="probe every file of a manifest or folder; report unusable, blank and "
                         "silent ones (exit 1 when pretraining would leave any out)")
     sc.add_argument("source", type=Path, help="manifest CSV or folder of videos")

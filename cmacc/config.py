@@ -121,6 +121,26 @@ class ProbeConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Downstream evaluation (``cmacc eval``): the protocols of CM-ACC §5 and AVID §4."""
+
+    crops: int = 10  # clips per item: random training crops, uniformly spaced test crops
+    audio_seconds: float = 2.0  # ESC-50 crop length (AVID: 2 s)
+    svm_C: float = 1.0  # linear protocol: one-vs-rest linear SVM on standardised features
+    cv: int = 5  # ESC-50 folds grouped by src_file when the csv holds fewer than two folds
+    epochs: int = 20  # fine-tuning epochs; the last epoch is reported, never the best
+    head_epochs: int = 1  # of them, head-only warm-up epochs (encoder frozen)
+    batch_size: int = 32
+    lr: float = 1e-3  # Adam; times 0.1 at each milestone
+    lr_milestones: str = "0.6,0.85"  # fractions of the epochs, comma separated
+    weight_decay: float = 1e-5
+    frames: int = 32  # UCF101/HMDB51 fine-tuning clips (CM-ACC: 32 frames at 10 fps, 224 px)
+    fps: float = 10.0
+    size: int = 224
+    retrieval_k: str = "1,5,10,20,50"  # top-k of the retrieval hit rate
+
+
+@dataclass
 class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N (the paper preset asks for cuda)
     # torch intra-op threads of each training process; 0 = the cores this rank may use (its CPU
@@ -159,6 +179,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     @property
@@ -359,7 +380,7 @@ def config_from_dict(d: dict[str, Any], source: str = "saved config") -> Config:
 
 
 # What a resumed run may change: its length, and how it runs and is evaluated...
-RESUMABLE = ("steps", "run.", "probe.", "data.num_workers")
+RESUMABLE = ("steps", "run.", "probe.", "eval.", "data.num_workers")
 # ...and, to recover from a diverged step, the optimisation keys (with a warning, recorded in run.json).
 RECOVERY = ("lr", "lr_schedule", "warmup_steps", "weight_decay", "tau")
 

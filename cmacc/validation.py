@@ -63,7 +63,39 @@ def validate(cfg: Config) -> None:
         need(d.train_size >= cfg.K, "queue_init",
              f"'clips' fills the queue with K={cfg.K} distinct clips but data.train_size={d.train_size}")
     need(cfg.probe.C > 0, "probe.C", f"must be positive, got {cfg.probe.C}")
+    _validate_eval(cfg.eval)
     _validate_run(cfg.run)
+
+
+def int_list(text: str, key: str) -> list[int]:
+    try:
+        return [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{key}: expected comma-separated integers, got {text!r}") from None
+
+
+def float_list(text: str, key: str) -> list[float]:
+    try:
+        return [float(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{key}: expected comma-separated numbers, got {text!r}") from None
+
+
+def _validate_eval(e) -> None:
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise ConfigError(f"eval.{key}: {msg}")
+    for key in ("crops", "epochs", "batch_size", "frames", "size"):
+        need(getattr(e, key) >= 1, key, f"must be >= 1, got {getattr(e, key)}")
+    need(e.cv >= 2, "cv", f"cross-validation needs >= 2 folds, got {e.cv}")
+    need(0 <= e.head_epochs <= e.epochs, "head_epochs", f"must lie in [0, eval.epochs={e.epochs}], got {e.head_epochs}")
+    for key in ("audio_seconds", "svm_C", "lr", "fps"):
+        need(getattr(e, key) > 0, key, f"must be positive, got {getattr(e, key)}")
+    need(e.weight_decay >= 0, "weight_decay", f"must be >= 0, got {e.weight_decay}")
+    need(all(0 < m < 1 for m in float_list(e.lr_milestones, "eval.lr_milestones")), "lr_milestones",
+         f"fractions of the epochs in (0, 1), got {e.lr_milestones!r}")
+    ks = int_list(e.retrieval_k, "eval.retrieval_k")
+    need(bool(ks) and all(k >= 1 for k in ks), "retrieval_k", f"positive integers, got {e.retrieval_k!r}")
 
 
 def _validate_data(cfg: Config) -> None:

@@ -5,11 +5,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .blocks import STAGES, pooled_stages
+from .io import load_encoders
 from .norm import SplitBatchNorm
 from .resnet1d import AUDIO_ARCHS, ResNet1d
 from .resnet3d import VIDEO_ARCHS, ResNet3d
 
-__all__ = ["Encoder", "SplitBatchNorm", "build_encoder", "ResNet1d", "ResNet3d"]
+__all__ = ["Encoder", "FEATURE_STAGES", "SplitBatchNorm", "build_encoder", "load_encoders", "ResNet1d", "ResNet3d"]
+FEATURE_STAGES = STAGES + ("embedding",)
 
 
 class Encoder(nn.Module):
@@ -37,6 +40,14 @@ class Encoder(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
+
+    def stage_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Pooled outputs of the stem and of every residual stage, and the unit embedding q
+        (``forward``): what the linear protocols evaluate, in the order of FEATURE_STAGES."""
+        out = pooled_stages(self.backbone, x)
+        z = self.proj(out["layer4"])
+        out["embedding"] = F.normalize(self.fc(z) if self.fc is not None else z, dim=1)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.proj(self.backbone(x))

@@ -1,6 +1,7 @@
 """The ResNet BasicBlock (He et al., 2016), for any convolution dimensionality."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -43,3 +44,19 @@ def kaiming_init(module: nn.Module, conv) -> None:
     for mod in module.modules():
         if isinstance(mod, conv):
             nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
+
+
+STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")  # AVID Table 1's blocks: stem, residual stages
+
+
+def pooled_stages(backbone: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Globally average-pooled outputs of the stem and of each residual stage (B x C each), in
+    STAGES order; the last equals ``backbone(x)``."""
+    h = backbone.stem(x)
+    out = {STAGES[0]: h.flatten(2).mean(2)}
+    start = 0
+    for name, end in zip(STAGES[1:], backbone.stage_ends, strict=True):
+        h = backbone.layers[start:end](h)
+        out[name] = h.flatten(2).mean(2)
+        start = end
+    return out

@@ -5,6 +5,7 @@ kernels ... We treat the mel-spectrograms as an 80-channel 1D signal." Input B x
 """
 from __future__ import annotations
 
+import itertools
 from functools import partial
 
 from torch import nn
@@ -27,6 +28,7 @@ class ResNet1d(nn.Module):
             norm(widths[0]), nn.ReLU(inplace=True),
             nn.MaxPool1d(3, 2, 1) if max_pool else nn.Identity(),
         )
+        self.stage_ends = tuple(itertools.accumulate(blocks))  # block index after each stage
         self.layers = stages(nn.Conv1d, widths, blocks, norm)
         self.pool = nn.AdaptiveAvgPool1d(1)
         self.out_dim = widths[-1]

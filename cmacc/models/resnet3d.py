@@ -6,6 +6,7 @@ in stages 2-4 on T, H and W, global average pool. Projection shortcuts (type B).
 """
 from __future__ import annotations
 
+import itertools
 from functools import partial
 
 import torch
@@ -53,6 +54,7 @@ class ResNet3d(nn.Module):
             norm(widths[0]), nn.ReLU(inplace=True),
             nn.MaxPool3d(3, 2, 1) if max_pool else nn.Identity(),
         )
+        self.stage_ends = tuple(itertools.accumulate(blocks))  # block index after each stage
         self.layers = stages(Conv3d, widths, blocks, norm)
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.out_dim = widths[-1]
