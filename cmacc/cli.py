@@ -155,17 +155,36 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretraining_config(args: argparse.Namespace):
+    """The built-in data is defined by its pretraining config (seed, classes, sizes): ``eval
+    synthetic`` of a run or an export starts from the config the encoders were trained with."""
+    if args.task != "synthetic" or not (args.run or args.encoders):
+        return None
+    from .evaluation.encoders import from_export, from_run
+    enc = from_run(args.run) if args.run else from_export(args.encoders)
+    if "config" not in enc.source:
+        return None
+    cfg = dict(enc.source["config"])
+    cfg.pop("preset", None)  # the values are already resolved
+    return (f"the config of {args.run or args.encoders}", cfg)
+
+
 def _eval(args: argparse.Namespace) -> int:
     from .evaluation import run
-    cfg = load_config(args.config, args.set)
     given_model = [s for s in args.set if s.startswith("model.")]
     if given_model and (args.encoders or args.run):
         raise ConfigError(f"{given_model[0]}: model.* chooses the --random-init architecture; an export or run "
                           f"brings its own")
+    cfg = load_config(args.config, args.set, base=_pretraining_config(args))
     out = args.out or Path("evals") / (Path(args.encoders).stem if args.encoders else
                                        Path(args.run).name if args.run else "random-init")
-    run(args.task, cfg, data=args.data, protocol=args.protocol, out=out, encoders_file=args.encoders,
-        run_dir=args.run, random_init=args.random_init, cv=args.cv)
+    if args.data is None and args.task != "synthetic":
+        raise ConfigError(f"cmacc eval {args.task} needs --data ROOT")
+    protocol = args.protocol or {"esc50": "linear", "retrieval": "cosine", "synthetic": "linear"}.get(args.task,
+                                                                                                     "finetune")
+    run(args.task, cfg, data=args.data, protocol=protocol, out=out, encoders_file=args.encoders,
+        run_dir=args.run, random_init=args.random_init, cv=args.cv, split=args.split, splits=args.splits,
+        dataset=args.dataset)
     return 0
 
 
@@ -174,10 +193,17 @@ def _add_eval(sub) -> None:
     ex.add_argument("run", type=Path, help="run folder (its newest intact checkpoint)")
     ex.add_argument("--out", type=Path, required=True, help="encoder file, e.g. encoders.pt")
     ex.set_defaults(func=_export)
-    ev = sub.add_parser("eval", help="downstream evaluation: esc50 (linear | finetune | baseline)")
-    ev.add_argument("task", choices=("esc50",))
-    ev.add_argument("--data", type=Path, required=True, help="dataset root (esc50: meta/esc50.csv + audio/)")
-    ev.add_argument("--protocol", default="linear", help="esc50: linear (default) | finetune | baseline")
+    ev = sub.add_parser("eval", help="downstream evaluation: esc50 (linear | finetune | baseline), ucf101 and "
+                        "hmdb51 (fine-tuning), retrieval (video nearest neighbours), synthetic (the built-in "
+                        "data's probe splits, both modalities)")
+    ev.add_argument("task", choices=("esc50", "ucf101", "hmdb51", "retrieval", "synthetic"))
+    ev.add_argument("--data", type=Path,
+                    help="dataset root (esc50: meta/esc50.csv + audio/; ucf101/hmdb51: the class folders of videos)")
+    ev.add_argument("--protocol", help="esc50: linear (default) | finetune | baseline; ucf101/hmdb51: finetune")
+    ev.add_argument("--split", default="1", help="ucf101/hmdb51/retrieval: official split 1, 2, 3 or all")
+    ev.add_argument("--splits", help="folder of the official split files (default ROOT/ucfTrainTestlist or "
+                    "ROOT/testTrainMulti_7030_splits)")
+    ev.add_argument("--dataset", choices=("ucf101", "hmdb51"), default="ucf101", help="retrieval: whose videos")
     src = ev.add_mutually_exclusive_group()
     src.add_argument("--encoders", help="an encoder file from `cmacc export`")
     src.add_argument("--run", help="a run folder: its newest intact checkpoint")

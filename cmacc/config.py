@@ -346,9 +346,13 @@ def read_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     return flatten(raw, source=str(path))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build and validate a Config from an optional YAML file and ``key=value`` overrides."""
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: tuple[str, dict[str, Any]] | None = None) -> Config:
+    """Build and validate a Config from an optional YAML file and ``key=value`` overrides.
+    ``base``: (source, nested or flat config) applied first, e.g. a pretraining run's config."""
     layers: list[tuple[str, dict[str, Any]]] = []
+    if base is not None:
+        layers.append((base[0], flatten(base[1], source=base[0])))
     if path is not None:
         layers.append((str(path), read_yaml(path)))
     sets = dict(parse_set(s) for s in overrides)

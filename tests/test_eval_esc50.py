@@ -227,7 +227,8 @@ def test_unreadable_and_missing_clips_are_skipped_and_listed(tmp_path, capsys):
     assert "1-999-A-0.wav: unreadable audio" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not (shared_dir() / "data" / "esc10" / "esc50.csv").is_file(), reason="../shared/data/esc10 is absent")
+@pytest.mark.skipif(not (shared_dir() / "data" / "esc10" / "esc50.csv").is_file(),
+                    reason="../shared/data/esc10 is absent")
 def test_shared_esc10_baseline_runs_with_grouped_cv(tmp_path):
     assert _eval(shared_dir() / "data" / "esc10", tmp_path, "--protocol", "baseline") == 0
     res = json.loads((tmp_path / "esc50.json").read_text())

@@ -47,7 +47,7 @@ def from_run(run_dir: str | Path) -> Encoders:
         load_into(f, sub, f"{path} ({name})")
     source = {"run": str(run_dir.resolve()), "checkpoint": str(path), "step": int(state["step"]),
               "method": cfg.method, "data": cfg.data.name, "audio": dict(vars(cfg.audio)),
-              "git": state.get("git")}
+              "git": state.get("git"), "config": cfg.to_dict()}
     return Encoders(f_v, f_a, arch, f"run:{run_dir} (step {state['step']})", source)
 
 

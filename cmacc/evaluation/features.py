@@ -12,33 +12,44 @@ import torch
 from tqdm import tqdm
 
 from ..data import ClipRequest
-from ..data.real import collate
+from ..data.real import Finisher, ManifestAV, collate
 
 
-def crop_requests(items: np.ndarray, crops: int, train: bool) -> list[ClipRequest]:
-    """Item-major: item i's crops are rows i*crops .. i*crops + crops - 1."""
+def crop_requests(items: np.ndarray, crops: int, train: bool, modality: str | None = None) -> list[ClipRequest]:
+    """Item-major: item i's crops are rows i*crops .. i*crops + crops - 1. ``modality``: load only
+    that stream (video datasets)."""
     if train:
-        return [ClipRequest(int(i), epoch=k, tag="train") for i in items for k in range(crops)]
-    return [ClipRequest(int(i), tag="eval", clip=k) for i in items for k in range(crops)]
+        return [ClipRequest(int(i), epoch=k, tag="train", modality=modality) for i in items for k in range(crops)]
+    return [ClipRequest(int(i), tag="eval", clip=k, modality=modality) for i in items for k in range(crops)]
+
+
+def batches(dataset, reqs: list[ClipRequest], batch_size: int, num_workers: int, device: torch.device,
+            skipped: list | None = None):
+    """Collated batches of ``reqs`` in order, finished (DALI clips decoded) in this process; clips
+    a video dataset had to replace under data.on_corrupt=skip are appended to ``skipped``."""
+    chunks = [reqs[i:i + batch_size] for i in range(0, len(reqs), batch_size)]
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=chunks, collate_fn=collate, num_workers=num_workers)
+    finish = Finisher(dataset if isinstance(dataset, ManifestAV) else None, device, max_batch=batch_size)
+    for b in loader:
+        b = finish(b)
+        if skipped is not None:
+            skipped += b.get("skipped", [])
+        yield b
 
 
 @torch.no_grad()
 def crop_features(encoder: torch.nn.Module, dataset, key: str, items: np.ndarray, crops: int, *, train: bool,
                   device: torch.device, batch_size: int = 64, num_workers: int = 0,
-                  desc: str = "features", progress: bool = True) -> dict[str, np.ndarray]:
+                  desc: str = "features", progress: bool = True, skipped: list | None = None) -> dict[str, np.ndarray]:
     """{stage: items x crops x C} of ``encoder.stage_features`` on ``dataset[...][key]``."""
-    reqs = crop_requests(items, crops, train)
-    batches = [reqs[i:i + batch_size] for i in range(0, len(reqs), batch_size)]
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
-                                         num_workers=num_workers)
+    reqs = crop_requests(items, crops, train, modality=key)
     was = encoder.training
     encoder.eval()
     parts: dict[str, list[torch.Tensor]] = {}
     try:
-        for b in tqdm(loader, total=len(batches), desc=desc, disable=not progress, leave=False, file=None):
-            x = b[key]
-            x = torch.stack(x) if isinstance(x, list) else x
-            for stage, f in encoder.stage_features(x.to(device, non_blocking=True)).items():
+        for b in tqdm(batches(dataset, reqs, batch_size, num_workers, device, skipped), desc=desc,
+                      total=-(-len(reqs) // batch_size), disable=not progress, leave=False):
+            for stage, f in encoder.stage_features(b[key].to(device, non_blocking=True)).items():
                 parts.setdefault(stage, []).append(f.float().cpu())
     finally:
         encoder.train(was)

@@ -20,9 +20,8 @@ from tqdm import tqdm
 
 from ..config import EvalConfig
 from ..data import ClipRequest
-from ..data.real import collate
 from ..validation import float_list
-from .features import crop_requests
+from .features import batches, crop_requests
 
 
 class Classifier(nn.Module):
@@ -37,19 +36,9 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
-def _loader(dataset, reqs: list[ClipRequest], batch_size: int, num_workers: int):
-    batches = [reqs[i:i + batch_size] for i in range(0, len(reqs), batch_size)]
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers)
-
-
-def _x(b: dict, key: str, device: torch.device) -> torch.Tensor:
-    x = b[key]
-    return (torch.stack(x) if isinstance(x, list) else x).to(device, non_blocking=True)
-
-
 def train_epochs(model: Classifier, dataset, key: str, items: np.ndarray, labels: np.ndarray, e: EvalConfig,
                  *, device: torch.device, seed: int, num_workers: int = 0, desc: str = "fine-tune",
-                 progress: bool = True) -> list[float]:
+                 progress: bool = True, skipped: list | None = None) -> list[float]:
     """Fine-tune in place; returns the mean training loss of every epoch."""
     label_of = dict(zip(items.tolist(), labels.tolist()))
     opt = torch.optim.Adam(model.parameters(), lr=e.lr, weight_decay=e.weight_decay)
@@ -65,10 +54,10 @@ def train_epochs(model: Classifier, dataset, key: str, items: np.ndarray, labels
             p.requires_grad_(not head_only)
         order = items[torch.randperm(len(items), generator=g).numpy()]
         total, n = 0.0, 0
-        for b in _loader(dataset, [ClipRequest(int(i), epoch=epoch, tag="train") for i in order],
-                         e.batch_size, num_workers):
-            y = torch.tensor([label_of[int(i)] for i in b["index"]], device=device)
-            loss = F.cross_entropy(model(_x(b, key, device)), y)
+        reqs = [ClipRequest(int(i), epoch=epoch, tag="train", modality=key) for i in order]
+        for b in batches(dataset, reqs, e.batch_size, num_workers, device, skipped):
+            y = torch.tensor([label_of[int(i)] for i in b["index"]], device=device)  # a substitute's own label
+            loss = F.cross_entropy(model(b[key].to(device, non_blocking=True)), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -82,13 +71,15 @@ def train_epochs(model: Classifier, dataset, key: str, items: np.ndarray, labels
 
 @torch.no_grad()
 def predict(model: Classifier, dataset, key: str, items: np.ndarray, crops: int, *, device: torch.device,
-            batch_size: int = 64, num_workers: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            batch_size: int = 64, num_workers: int = 0, skipped: list | None = None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(predicted class per item, crop-averaged softmax items x classes, every crop's softmax
     items x crops x classes: the Clip@1 view)."""
     model.eval()
     probs = []
-    for b in _loader(dataset, crop_requests(items, crops, train=False), batch_size, num_workers):
-        probs.append(F.softmax(model(_x(b, key, device)).float(), dim=1).cpu())
+    for b in batches(dataset, crop_requests(items, crops, False, modality=key), batch_size, num_workers, device,
+                     skipped):
+        probs.append(F.softmax(model(b[key].to(device, non_blocking=True)).float(), dim=1).cpu())
     p = torch.cat(probs).numpy().reshape(len(items), crops, -1)
     avg = p.mean(1)  # average of the crops' softmax, not a vote of their labels
     return avg.argmax(1), avg, p

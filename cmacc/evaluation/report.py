@@ -39,7 +39,27 @@ def summarise(task: str, protocol: str, per_fold: list[dict], labels_of: list[np
             "stages": stages, "per_class": per_class, "chance": 1.0 / len(classes)}
 
 
+def summarise_retrieval(per_split: list[dict], labels_of: list[np.ndarray], classes: list[str], stage: str) -> dict:
+    """per_split[i]["stages"][stage][k] = hit rate; the headline is ``stage``'s top-1 (fixed in advance)."""
+    names = list(per_split[0]["stages"])
+    ks = list(per_split[0]["stages"][names[0]])
+    topk = {s: {str(k): dict(zip(("mean", "std"), _mean_std([p["stages"][s][k] for p in per_split])),
+                             folds=[p["stages"][s][k] for p in per_split]) for k in ks} for s in names}
+    first = ks[0]
+    pred, true = np.concatenate([p["pred"] for p in per_split]), np.concatenate(labels_of)
+    per_class = {c: float((pred[true == j] == j).mean()) if (true == j).any() else None for j, c in enumerate(classes)}
+    folds = [{"name": p["fold"], "accuracy": p["stages"][stage][first], "n_test": p["n_test"], "n_train": p["n_train"],
+              "topk": {str(k): p["stages"][stage][k] for k in ks}} for p in per_split]
+    return {"task": "retrieval", "protocol": "cosine", "best_stage": stage, "folds": folds,
+            "mean": topk[stage][str(first)]["mean"], "std": topk[stage][str(first)]["std"],
+            "stages": {s: {"folds": topk[s][str(first)]["folds"], "mean": topk[s][str(first)]["mean"],
+                           "std": topk[s][str(first)]["std"]} for s in names},
+            "topk": topk, "per_class": per_class, "chance": 1.0 / len(classes), "metric": f"top-{first} hit rate"}
+
+
 def table(res: dict) -> str:
+    if res["task"] == "retrieval":
+        return _table_retrieval(res)
     folds = [f["name"] for f in res["folds"]]
     head = f"{'stage':<12}" + "".join(f"{n:>9}" for n in folds) + f"{'mean ± std':>16}"
     lines = [f"{res['task']} ({res['protocol']}), encoder {res['encoder']}: {res['how']}", head]
@@ -47,8 +67,22 @@ def table(res: dict) -> str:
         mark = " *" if s == res["best_stage"] and len(res["stages"]) > 1 else ""
         lines.append(f"{s:<12}" + "".join(f"{100 * a:>8.1f}%" for a in v["folds"])
                      + f"{100 * v['mean']:>9.1f} ± {100 * v['std']:.1f}%{mark}")
+    if "clip_mean" in res:
+        lines.append(f"{'clip@1':<12}" + "".join(f"{100 * f['clip_accuracy']:>8.1f}%" for f in res["folds"])
+                     + f"{100 * res['clip_mean']:>9.1f}%   (the rows above: video@1, clips' softmax averaged)")
     lines.append(f"chance {100 * res['chance']:.1f}%" + ("; * best stage (chosen on the test folds)"
                                                         if len(res["stages"]) > 1 else ""))
+    return "\n".join(lines)
+
+
+def _table_retrieval(res: dict) -> str:
+    ks = list(next(iter(res["topk"].values())))
+    lines = [f"retrieval on {res['dataset']}, encoder {res['encoder']}: {res['how']}",
+             f"{'stage':<12}" + "".join(f"{'R@' + k:>9}" for k in ks) + "   (mean over splits)"]
+    for s, v in res["topk"].items():
+        mark = " *" if s == res["best_stage"] else ""
+        lines.append(f"{s:<12}" + "".join(f"{100 * v[k]['mean']:>8.1f}%" for k in ks) + mark)
+    lines.append(f"* the reported stage (fixed in advance); chance at R@1 about {100 * res['chance']:.1f}%")
     return "\n".join(lines)
 
 
