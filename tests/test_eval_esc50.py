@@ -162,8 +162,14 @@ def test_linear_protocol_end_to_end(esc, tmp_path):
     assert {"git", "versions"} <= set(res["provenance"]) and (tmp_path / "esc50.png").stat().st_size > 1000
 
 
-def test_finetune_and_baseline_protocols(esc, tmp_path):
+def test_finetune_and_baseline_protocols(esc, tmp_path, monkeypatch):
+    """Fine-tuning is scored once per fold, after its last epoch: no test-set epoch selection."""
+    calls, trained = [], []
+    real_train, real_predict = finetune.train_epochs, finetune.predict
+    monkeypatch.setattr(finetune, "train_epochs", lambda *a, **k: trained.append(1) or real_train(*a, **k))
+    monkeypatch.setattr(finetune, "predict", lambda *a, **k: calls.append(len(trained)) or real_predict(*a, **k))
     assert _eval(esc, tmp_path / "ft", "--protocol", "finetune", "--cv", "2") == 0
+    assert calls == [1, 2]  # fold k predicted once, after its training finished
     res = json.loads((tmp_path / "ft" / "esc50.json").read_text())
     assert list(res["stages"]) == ["finetuned"] and len(res["folds"]) == 2 and "--cv 2" in res["how"]
     assert all(len(f["train_loss"]) == 2 for f in res["folds"])  # eval.epochs=2: the last one is reported
