@@ -160,11 +160,17 @@ def _pretraining_config(args: argparse.Namespace):
     synthetic`` of a run or an export starts from the config the encoders were trained with."""
     if args.task != "synthetic" or not (args.run or args.encoders):
         return None
-    from .evaluation.encoders import from_export, from_run
-    enc = from_run(args.run) if args.run else from_export(args.encoders)
-    if "config" not in enc.source:
-        return None
-    cfg = dict(enc.source["config"])
+    if args.run:
+        from .config import read_yaml
+        path = Path(args.run) / "config.yaml"
+        if not path.is_file():
+            raise ConfigError(f"{path} does not exist: --run needs a cmacc run folder")
+        cfg = dict(read_yaml(path))
+    else:
+        from .models.io import read_export
+        cfg = dict(read_export(args.encoders).get("source", {}).get("config") or {})
+        if not cfg:
+            return None
     cfg.pop("preset", None)  # the values are already resolved
     return (f"the config of {args.run or args.encoders}", cfg)
 

@@ -33,6 +33,11 @@ def mel_spec(cfg: Config) -> MelSpec:
                    n_mels=cfg.data.mel_bands, fmin=a.fmin, fmax=a.fmax)
 
 
+def mel_cache_dir(cfg: Config) -> str:
+    """Where whole-file log-mel features are cached: data.cache_dir, else ~/.cache/cmacc/mel."""
+    return cfg.data.cache_dir or str(Path.home() / ".cache" / "cmacc" / "mel")
+
+
 def build_data(cfg: Config, device: torch.device, out: Path | None = None, scan: dict | None = None) -> Data:
     """The run's datasets. ``scan``: scan records to use instead of data.scan or a fresh scan
     (ranks other than 0 get rank 0's)."""
@@ -76,7 +81,7 @@ def _manifest_data(cfg: Config, device: torch.device, out: Path | None, views: i
             write_report(records, scan_path)
         log.info("%s", summarize(records))
     mel = mel_spec(cfg)
-    cache = d.cache_dir or str(Path.home() / ".cache" / "cmacc" / "mel")
+    cache = mel_cache_dir(cfg)
     common = dict(frames=d.frames, fps=d.fps, crop=d.size, mel=mel, cache_dir=cache, backend=d.backend,
                   gpu=device.type == "cuda", on_missing_audio=d.on_missing_audio, on_corrupt=d.on_corrupt,
                   on_blank=d.on_blank,

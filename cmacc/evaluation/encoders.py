@@ -15,7 +15,7 @@ import torch
 
 from .. import checkpoint
 from ..config import Config, config_from_dict
-from ..models.io import EncoderFileError, arch_of, build_from_arch, load_into, read_export, save_encoders
+from ..models.io import EncoderFileError, arch_of, build_from_arch, load_export, load_into, save_encoders
 
 
 @dataclass
@@ -52,10 +52,7 @@ def from_run(run_dir: str | Path) -> Encoders:
 
 
 def from_export(path: str | Path) -> Encoders:
-    state = read_export(path)
-    f_v, f_a = build_from_arch(state["arch"])
-    load_into(f_v, state["f_v"], f"{path} (video encoder {state['arch']['video']})")
-    load_into(f_a, state["f_a"], f"{path} (audio encoder {state['arch']['audio']})")
+    f_v, f_a, state = load_export(path)
     return Encoders(f_v, f_a, state["arch"], str(path), state.get("source", {}))
 
 

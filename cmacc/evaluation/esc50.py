@@ -26,6 +26,7 @@ import torch
 
 from ..config import Config
 from ..data.audio import MelCache, MelSpec
+from ..data.build import mel_cache_dir
 from ..data.manifest import Manifest, ManifestError, Row
 from ..data.real import AudioClips
 from ..errors import InputError
@@ -55,7 +56,8 @@ def find_csv(root: Path) -> Path:
 
 
 def read_clips(root: str | Path, spec: MelSpec, cache_dir: str, on_corrupt: str) -> Clips:
-    """The csv's clips whose audio can be read; the others skipped with their reason (or an error)."""
+    """The csv's clips whose audio can be read; the others skipped with their reason (or an error).
+    Reading them fills the log-mel cache that the crops are then cut from."""
     root = Path(root)
     path = find_csv(root)
     with open(path, newline="") as f:
@@ -66,7 +68,7 @@ def read_clips(root: str | Path, spec: MelSpec, cache_dir: str, on_corrupt: str)
         recs = list(enumerate(reader, start=2))
     if not recs:
         raise ManifestError(f"{path}: no clips listed")
-    cache, keep, skipped = MelCache(cache_dir or None, spec), [], []
+    cache, keep, skipped = MelCache(cache_dir, spec), [], []
     for line, r in recs:
         if not r["fold"].strip().lstrip("-").isdigit() or not r["filename"] or not r["category"]:
             raise ManifestError(f"{path}, line {line}: fold must be an integer and filename, category non-empty, "
@@ -99,7 +101,7 @@ def read_clips(root: str | Path, spec: MelSpec, cache_dir: str, on_corrupt: str)
 def dataset(clips: Clips, spec: MelSpec, cfg: Config) -> AudioClips:
     rows = [Row(p, clips.classes[y]) for p, y in zip(clips.paths, clips.labels)]
     return AudioClips(Manifest(rows, str(clips.csv)), seconds=cfg.eval.audio_seconds, mel=spec,
-                      cache_dir=cfg.data.cache_dir or None, seed=cfg.seed, num_clips=cfg.eval.crops,
+                      cache_dir=mel_cache_dir(cfg), seed=cfg.seed, num_clips=cfg.eval.crops,
                       classes=clips.classes)
 
 
@@ -107,7 +109,7 @@ def evaluate(cfg: Config, root: str | Path, protocol: str, enc: Encoders | None,
              cv: int | None = None, progress: bool = True) -> dict:
     """Per-fold accuracies of ``protocol``; see the module docstring."""
     spec = mel_spec_of(cfg, enc)
-    clips = read_clips(root, spec, cfg.data.cache_dir, cfg.data.on_corrupt)
+    clips = read_clips(root, spec, mel_cache_dir(cfg), cfg.data.on_corrupt)
     folds, how = make_folds(clips.folds, clips.labels, clips.groups, cv=cv, default_cv=cfg.eval.cv,
                             seed=cfg.seed, what=str(clips.csv))
     ds = dataset(clips, spec, cfg)

@@ -77,10 +77,16 @@ def load_into(f, state_dict: dict[str, torch.Tensor], what: str) -> None:
         raise EncoderFileError(f"{what}: weights do not fit the architecture ({first})") from None
 
 
-def load_encoders(path: str | Path, device: str | torch.device = "cpu"):
-    """(f_v, f_a): the exported query encoders, in eval mode, on ``device``."""
+def load_export(path: str | Path):
+    """(f_v, f_a, the export's record without the weights), on the CPU, in training mode."""
     state = read_export(path)
     f_v, f_a = build_from_arch(state["arch"])
-    load_into(f_v, state["f_v"], f"{path} (video encoder {state['arch']['video']})")
-    load_into(f_a, state["f_a"], f"{path} (audio encoder {state['arch']['audio']})")
+    load_into(f_v, state.pop("f_v"), f"{path} (video encoder {state['arch']['video']})")
+    load_into(f_a, state.pop("f_a"), f"{path} (audio encoder {state['arch']['audio']})")
+    return f_v, f_a, state
+
+
+def load_encoders(path: str | Path, device: str | torch.device = "cpu"):
+    """(f_v, f_a): the exported query encoders, in eval mode, on ``device``."""
+    f_v, f_a, _ = load_export(path)
     return f_v.to(device).eval(), f_a.to(device).eval()
