@@ -194,6 +194,50 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .reproduce import mi
+    s = mi.Settings(**(mi.QUICK if args.quick else {}))
+    ints = lambda text, what: tuple(int(x) for x in text.split(","))  # noqa: E731
+    try:
+        if args.chars:
+            s = replace(s, chars=ints(args.chars, "--chars"))
+        if args.seeds:
+            s = replace(s, seeds=ints(args.seeds, "--seeds"))
+    except ValueError:
+        raise ConfigError("--chars and --seeds take comma-separated integers") from None
+    if args.methods:
+        s = replace(s, methods=tuple(args.methods.split(",")))
+    for key in ("steps", "train_size"):
+        if getattr(args, key) is not None:
+            s = replace(s, **{key: getattr(args, key)})
+    s = replace(s, overrides=list(args.set))
+    bad = [k for k in s.chars if not 1 <= k <= 9]
+    if bad:
+        raise ConfigError(f"--chars: k must be 1..9 (cells of the 3 x 3 canvas), got {bad}")
+    mi.run_config(s, str(args.omniglot), s.methods[0], s.chars[0], s.seeds[0])  # every key checked before any run
+    mi.run(str(args.omniglot), args.out or Path("reproductions") / ("mi-quick" if args.quick else "mi"), s, args.quick)
+    return 0
+
+
+def _add_reproduce(sub) -> None:
+    rp = sub.add_parser("reproduce", help="the paper's claims at laptop scale: mi (Fig. 3a)")
+    rsub = rp.add_subparsers(dest="experiment", required=True)
+    m = rsub.add_parser("mi", help="Spatial-MultiOmniglot: probe accuracy vs number of characters (Fig. 3a)")
+    m.add_argument("--omniglot", type=Path, required=True, help="an Omniglot images_background*.zip")
+    m.add_argument("--quick", action="store_true", help="CI-sized: k = 1, 2; xmoco, cmacc; tiny runs")
+    m.add_argument("--chars", help="comma list of k (default 1..9)")
+    m.add_argument("--methods", help="comma list of --set method= names (default smoco,xmoco,cmacc,random_pool,"
+                   "feature_active)")
+    m.add_argument("--seeds", help="comma list (default 0,1,2)")
+    m.add_argument("--steps", type=int, help="pretraining steps per run (default 300)")
+    m.add_argument("--train-size", type=int, dest="train_size", help="training pairs (default 10000)")
+    m.add_argument("--out", type=Path, help="output folder (default reproductions/mi)")
+    m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config keys for every run")
+    m.set_defaults(func=_reproduce)
+
+
 def _add_eval(sub) -> None:
     ex = sub.add_parser("export", help="write a run's query encoders f_v, f_a (state dicts + architecture) to a file")
     ex.add_argument("run", type=Path, help="run folder (its newest intact checkpoint)")
@@ -295,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _add_bench(sub)
     _add_eval(sub)
+    _add_reproduce(sub)
     sc = sub.add_parser("scan", help="probe every file of a manifest or folder; report unusable, blank and "
                         "silent ones (exit 1 when pretraining would leave any out)")
     sc.add_argument("source", type=Path, help="manifest CSV or folder of videos")

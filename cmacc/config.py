@@ -52,7 +52,7 @@ POOL_NEGATIVES = ("gradient", "feature", "key_gradient", "ohem", "random")
 
 @dataclass
 class DataConfig:
-    name: str = "synthetic"  # synthetic (built in) | manifest (real videos listed in data.manifest)
+    name: str = "synthetic"  # synthetic (built in) | manifest (real videos in data.manifest) | omniglot (MI pairs)
     # -- real videos --
     manifest: str = ""  # CSV: path,label,split,start,end (see `cmacc manifest`)
     split: str = "train"  # manifest split to pretrain on
@@ -76,6 +76,10 @@ class DataConfig:
     audio_frames: int = 0  # T_a of a synthetic clip; 0 = 4 x frames (real videos: from fps and hop)
     nuisance: float = 0.35  # strength of the modality-specific nuisance variation
     num_workers: int = 0  # DataLoader worker processes
+    # -- Spatial-MultiOmniglot (data.name=omniglot; CM-ACC Appendix A; cmacc.reproduce.omniglot) --
+    omniglot: str = ""  # an Omniglot images_background*.zip
+    chars: int = 3  # used cells k of the 3 x 3 canvas: I(x; y) = sum of log l_i over them
+    train_drawers: int = 15  # of 20 drawers per character, those of pretraining and probe training
 
 
 @dataclass
@@ -92,8 +96,8 @@ class AudioConfig:
 
 @dataclass
 class ModelConfig:
-    video: str = "tiny"  # 3D-ResNet preset: tiny | r10 | r18 (Hara et al.)
-    audio: str = "tiny"  # 1-D ResNet preset over the mel signal: tiny | r10 | r18
+    video: str = "tiny"  # 3D-ResNet preset: tiny | r10 | r18 (Hara et al.) | image (2-D ResNet, image pairs)
+    audio: str = "tiny"  # 1-D ResNet preset over the mel signal: tiny | r10 | r18 | image
     d: int = 128  # embedding size of q and k
     head: str = "linear"  # projection to d: linear (MoCo v1) | mlp (Linear-BN-ReLU-Linear, MoCo v2)
     # BatchNorm groups of the *global* batch M (group j: positions j, j+s, ...). 0 = one per rank
@@ -214,14 +218,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-VIDEO_PRESETS = ("tiny", "r10", "r18")
-AUDIO_PRESETS = ("tiny", "r10", "r18")
+VIDEO_PRESETS = ("tiny", "r10", "r18", "image")  # image: a 2-D ResNet (cmacc.models.resnet2d)
+AUDIO_PRESETS = ("tiny", "r10", "r18", "image")
 CHOICES: dict[str, tuple[str, ...]] = {
     "preset": tuple(PRESETS),
     "method": tuple(METHODS),
     "lr_schedule": ("constant", "cosine"),
     "queue_init": ("clips", "random"),
-    "data.name": ("synthetic", "manifest"),
+    "data.name": ("synthetic", "manifest", "omniglot"),
     "data.backend": ("auto", "pyav", "dali_cpu", "dali_gpu"),
     "data.on_missing_audio": ("skip", "silence", "error"),
     "data.on_corrupt": ("skip", "error"),

@@ -36,6 +36,17 @@ def class_separation(keys: torch.Tensor, labels: torch.Tensor) -> float:
     return float(100.0 * (pred == labels).float().mean())
 
 
+def false_negative_rate(labels: torch.Tensor, query_ids: torch.Tensor, dict_ids: torch.Tensor) -> float | None:
+    """Mean over the queries of the fraction of dictionary entries that share the query's latent
+    label: negatives that are really positives (class collisions, Arora et al. 2019). None
+    without labels."""
+    q, d = labels[query_ids.cpu()], labels[dict_ids[dict_ids >= 0].cpu()]
+    q, d = q[q >= 0], d[d >= 0]
+    if not len(q) or not len(d):
+        return None
+    return float((q[:, None] == d[None, :]).float().mean())
+
+
 def count_categories(labels: torch.Tensor, ids: torch.Tensor) -> int | None:
     ids = ids[ids >= 0].cpu()
     lab = labels[ids]

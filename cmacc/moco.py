@@ -60,6 +60,9 @@ class StepOutput:
     spread_v: torch.Tensor  # sqrt(1 - |mean q_v|^2) over this rank's queries: 0 when they collapse to one point
     spread_a: torch.Tensor
     timings: dict[str, float | None] = field(default_factory=dict)  # seconds; pruned_v/a: fractions
+    negatives_v: torch.Tensor | None = None  # clip ids (K,) of the dictionary q_v was contrasted with
+    negatives_a: torch.Tensor | None = None  # ... and q_a
+    batch_ids: torch.Tensor | None = None  # the global mini-batch's clip ids (M,)
 
 
 class QueryEncoders(nn.Module):
@@ -314,6 +317,8 @@ class CrossModalMoCo(nn.Module):
         # and their positives. D is cloned: the queue is updated in place after the graph is built.
         D_v, D_a = self.D_v.clone(), self.D_a.clone()
         kv, ka = c.shard(k_v), c.shard(k_a)  # m x d: positives of the local queries
+        neg_v, neg_a = (self.D_a_ids, self.D_v_ids) if self.objective == "cross" else (self.D_v_ids, self.D_a_ids)
+        neg_v, neg_a = neg_v.clone(), neg_a.clone()  # for diagnostics: the entries each query met
         if self.objective == "cross":
             loss_v, acc_v = infonce(q_v, ka, D_a, self.tau)  # q_v vs [k_a+; D_a]
             loss_a, acc_a = infonce(q_a, kv, D_v, self.tau)  # q_a vs [k_v+; D_v]
@@ -327,4 +332,4 @@ class CrossModalMoCo(nn.Module):
             self._enqueue(self.D_a, self.D_a_ids, k_a, batch_ids)
             self._advance()
         return StepOutput(loss_v + loss_a, loss_v.detach(), loss_a.detach(), acc_v, acc_a,
-                          enq_v, enq_a, spread(q_v), spread(q_a), timings)
+                          enq_v, enq_a, spread(q_v), spread(q_a), timings, neg_v, neg_a, batch_ids)

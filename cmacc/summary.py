@@ -19,8 +19,10 @@ def _negatives(recs: list[dict], data: Data, M: int) -> dict:
     labelled = [r for r in recs if r["neg_categories"] is not None]
     if not labelled:
         return {"mean_categories": None, "note": "the training clips carry no labels"}
-    C = int(data.labels.max()) + 1
+    C = int(data.labels[data.labels >= 0].unique().numel())  # latent classes present in the training set
+    fn = [r["false_neg"] for r in labelled if r.get("false_neg") is not None]
     return {
+        "false_negatives": float(np.mean(fn)) if fn else None,  # share of D with the query's label
         "mean_categories": float(np.mean([r["neg_categories"] for r in labelled])),
         "mean_categories_v": float(np.mean([r["neg_categories_v"] for r in labelled])),
         "mean_categories_a": float(np.mean([r["neg_categories_a"] for r in labelled])),

@@ -41,7 +41,7 @@ from .allocator import keep_freed_memory
 from .bn import bn_layout, bn_statistics, sync_batchnorm
 from .config import RECOVERY, Config, ConfigError, changed_keys, dump_yaml
 from .data.build import build_data
-from .diagnostics import class_separation, count_categories, ids_digest, replicated_state
+from .diagnostics import class_separation, count_categories, false_negative_rate, ids_digest, replicated_state
 from .dist import Comm
 from .feed import STEP, Feed, PickEncoder, StepBatches, generator, init_queues, refresh_pool
 from .health import CollapseWatch, all_finite, non_finite_names
@@ -383,6 +383,7 @@ class Pretraining:
 
     def _record(self, s: int, o, losses: list[float], t_data: float, t_compute: float, skipped: int) -> dict:
         cat_v, cat_a = count_categories(self.labels, o.enqueued_v), count_categories(self.labels, o.enqueued_a)
+        fn = [false_negative_rate(self.labels, o.batch_ids, D) for D in (o.negatives_v, o.negatives_a)]
         both = None if cat_v is None or cat_a is None else (cat_v + cat_a) / 2
         warning = self.collapse.update(s + 1, (losses[1], losses[2]), (losses[5], losses[6]))
         if warning and self.comm.is_main:
@@ -393,6 +394,7 @@ class Pretraining:
                     time_sampler=o.timings.get("sampler", 0.0), time_picks=o.timings.get("encode_picks", 0.0),
                     pruned_v=o.timings.get("pruned_v"), pruned_a=o.timings.get("pruned_a"),
                     neg_categories=both, neg_categories_v=cat_v, neg_categories_a=cat_a,
+                    false_neg=None if None in fn else (fn[0] + fn[1]) / 2,
                     picks_digest=ids_digest(o.enqueued_v, o.enqueued_a))
 
     # ---- the loop ----

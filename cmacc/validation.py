@@ -52,14 +52,14 @@ def validate(cfg: Config) -> None:
          f"method={cfg.method} is unimodal: a cross-modal FC layer has no partner")
     need(TAU[0] <= cfg.sampler.temperature <= 1 / TAU[0], "sampler.temperature",
          f"must lie in [{TAU[0]:g}, {1 / TAU[0]:g}] (Eq. 5 uses 1), got {cfg.sampler.temperature}")
-    if cfg.uses_pool and d.name == "synthetic":
+    if cfg.uses_pool and d.name in ("synthetic", "omniglot"):
         need(d.train_size >= cfg.N, "N",
              f"pool size N={cfg.N} exceeds the dataset (data.train_size={d.train_size}); the pool holds distinct clips")
     if cfg.uses_pool:
         need(cfg.N >= cfg.K + 2 * cfg.M, "N",
              f"method={cfg.method} picks M={cfg.M} per step from U \\ D minus the mini-batch: "
              f"needs N >= K + 2M = {cfg.K + 2 * cfg.M}, got N={cfg.N}")
-    if cfg.queue_init == "clips" and d.name == "synthetic":
+    if cfg.queue_init == "clips" and d.name in ("synthetic", "omniglot"):
         need(d.train_size >= cfg.K, "queue_init",
              f"'clips' fills the queue with K={cfg.K} distinct clips but data.train_size={d.train_size}")
     need(cfg.probe.C > 0, "probe.C", f"must be positive, got {cfg.probe.C}")
@@ -113,7 +113,14 @@ def _validate_data(cfg: Config) -> None:
     need(d.frames >= 1, "data.frames", f"must be >= 1, got {d.frames}")
     need(d.size >= 16, "data.size", f"crops smaller than 16 px do not survive the encoders' strides, got {d.size}")
     need(d.mel_bands >= 8, "data.mel_bands", f"must be >= 8, got {d.mel_bands}")
-    if d.name == "synthetic":
+    if d.name == "omniglot":
+        need(bool(d.omniglot) and Path(d.omniglot).is_file(), "data.omniglot",
+             f"data.name=omniglot needs an Omniglot images_background*.zip, got {d.omniglot!r}")
+        need(1 <= d.chars <= 9, "data.chars", f"must be 1..9 (cells of the 3 x 3 canvas), got {d.chars}")
+        need(cfg.model.video == "image" and cfg.model.audio == "image", "model.video",
+             f"Spatial-MultiOmniglot pairs images: set model.video=image and model.audio=image, "
+             f"got {cfg.model.video!r} / {cfg.model.audio!r}")
+    elif d.name == "synthetic":
         ta = d.audio_frames or 4 * d.frames
         need(ta >= 8, "data.audio_frames", f"must be >= 8, got {ta}")
         need(ta % d.frames == 0, "data.audio_frames",

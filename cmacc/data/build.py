@@ -5,6 +5,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..config import Config, ConfigError
@@ -50,7 +51,24 @@ def build_data(cfg: Config, device: torch.device, out: Path | None = None, scan:
                     SyntheticAV(d.probe_train_size, split="probe_train", **common),
                     SyntheticAV(d.probe_test_size, split="probe_test", **common),
                     {"source": "synthetic", "train_clips": d.train_size})
+    if d.name == "omniglot":
+        return _omniglot_data(cfg, views)
     return _manifest_data(cfg, device, out, views, scan)
+
+
+def _omniglot_data(cfg: Config, views: int) -> Data:
+    """Spatial-MultiOmniglot pairs (cmacc.reproduce.omniglot): x in the video slot, y in the audio slot."""
+    from ..reproduce.omniglot import PAPER_SIZES, SpatialMultiOmniglot, make_alphabets, mutual_information, read_glyphs
+    d = cfg.data
+    glyphs = read_glyphs(d.omniglot)
+    alphabets, how = make_alphabets(glyphs, PAPER_SIZES, cfg.seed)
+    common = dict(glyphs=glyphs, alphabets=alphabets, k=d.chars, seed=cfg.seed, train_drawers=d.train_drawers)
+    mi = mutual_information(PAPER_SIZES, d.chars)
+    return Data(SpatialMultiOmniglot(size=d.train_size, split="train", views=views, **common),
+                SpatialMultiOmniglot(size=d.probe_train_size, split="probe_train", **common),
+                SpatialMultiOmniglot(size=d.probe_test_size, split="probe_test", **common),
+                {"source": "omniglot", "zip": d.omniglot, "train_clips": d.train_size, "chars": d.chars,
+                 "mi_nats": mi, "exp_mi": float(np.exp(mi)), "alphabets": how})
 
 
 def _manifest_data(cfg: Config, device: torch.device, out: Path | None, views: int, scan: dict | None) -> Data:

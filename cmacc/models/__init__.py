@@ -9,6 +9,7 @@ from .blocks import STAGES, pooled_stages
 from .io import load_encoders
 from .norm import SplitBatchNorm
 from .resnet1d import AUDIO_ARCHS, ResNet1d
+from .resnet2d import IMAGE_ARCHS, ResNet2d
 from .resnet3d import VIDEO_ARCHS, ResNet3d
 
 __all__ = ["Encoder", "FEATURE_STAGES", "SplitBatchNorm", "build_encoder", "load_encoders", "ResNet1d", "ResNet3d"]
@@ -58,13 +59,15 @@ class Encoder(nn.Module):
 
 def build_encoder(modality: str, arch: str, *, d: int = 128, with_fc: bool = True,
                   bn_splits: int = 1, mel_bands: int = 80, head: str = "linear") -> Encoder:
-    if modality == "video":
+    if arch in IMAGE_ARCHS and modality in ("video", "audio"):  # images in either slot
+        backbone = ResNet2d(in_channels=1, **IMAGE_ARCHS[arch], bn_splits=bn_splits)
+    elif modality == "video":
         if arch not in VIDEO_ARCHS:
-            raise ValueError(f"unknown video encoder {arch!r}; choose from {sorted(VIDEO_ARCHS)}")
+            raise ValueError(f"unknown video encoder {arch!r}; choose from {sorted(VIDEO_ARCHS) + sorted(IMAGE_ARCHS)}")
         backbone = ResNet3d(**VIDEO_ARCHS[arch], bn_splits=bn_splits)
     elif modality == "audio":
         if arch not in AUDIO_ARCHS:
-            raise ValueError(f"unknown audio encoder {arch!r}; choose from {sorted(AUDIO_ARCHS)}")
+            raise ValueError(f"unknown audio encoder {arch!r}; choose from {sorted(AUDIO_ARCHS) + sorted(IMAGE_ARCHS)}")
         backbone = ResNet1d(in_channels=mel_bands, **AUDIO_ARCHS[arch], bn_splits=bn_splits)
     else:
         raise ValueError(f"modality must be 'video' or 'audio', got {modality!r}")

@@ -52,7 +52,7 @@ STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")  # AVID Table 1's blo
 def pooled_stages(backbone: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Globally average-pooled outputs of the stem and of each residual stage (B x C each), in
     STAGES order; the last equals ``backbone(x)``."""
-    h = backbone.stem(x)
+    h = backbone.stem(backbone.as_image(x) if hasattr(backbone, "as_image") else x)
     out = {STAGES[0]: h.flatten(2).mean(2)}
     start = 0
     for name, end in zip(STAGES[1:], backbone.stage_ends, strict=True):

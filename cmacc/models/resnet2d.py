@@ -1,0 +1,50 @@
+"""2-D ResNet for images, usable in either modality's slot (``model.video=image``,
+``model.audio=image``): the Spatial-MultiOmniglot reproduction (cmacc.reproduce) pairs two images.
+
+Input B x C x 1 x H x W (a one-frame clip, as the datasets deliver images) or B x C x H x W.
+"""
+from __future__ import annotations
+
+import itertools
+from functools import partial
+
+from torch import nn
+
+from .blocks import kaiming_init, stages
+from .norm import SplitBatchNorm
+
+
+class ResNet2d(nn.Module):
+    """Backbone only: returns pooled features (B x widths[-1])."""
+
+    def __init__(self, in_channels: int = 1, widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1), stem_kernel: int = 5,
+                 stem_stride: int = 2, max_pool: bool = True, bn_splits: int = 1) -> None:
+        super().__init__()
+        norm = partial(SplitBatchNorm, num_splits=bn_splits)
+        self.in_channels = in_channels
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], stem_kernel, stem_stride, stem_kernel // 2, bias=False),
+            norm(widths[0]), nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1) if max_pool else nn.Identity())
+        self.stage_ends = tuple(itertools.accumulate(blocks))
+        self.layers = stages(nn.Conv2d, widths, blocks, norm)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.out_dim = widths[-1]
+        kaiming_init(self, nn.Conv2d)
+
+    def forward(self, x):
+        return self.pool(self.layers(self.stem(self.as_image(x)))).flatten(1)  # B x C
+
+    def as_image(self, x):
+        if x.dim() == 5 and x.shape[2] == 1:
+            x = x[:, :, 0]
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"image encoder expects B x {self.in_channels} x H x W (or one-frame clips "
+                             f"B x {self.in_channels} x 1 x H x W), got shape {tuple(x.shape)}")
+        return x
+
+
+IMAGE_ARCHS = {
+    # 96 x 96 canvases: stride 4 before the stages (24 x 24), 3 x 3 after them; CPU-sized like "tiny"
+    "image": dict(widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1), stem_kernel=5, stem_stride=2, max_pool=True),
+}

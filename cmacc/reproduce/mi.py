@@ -1,0 +1,167 @@
+"""``cmacc reproduce mi`` -- CM-ACC Fig. 3a: probe accuracy as the mutual information grows.
+
+For each method, number of used cells k and seed: pretrain on Spatial-MultiOmniglot
+(cmacc.reproduce.omniglot; x in the video slot, y in the audio slot, 2-D image encoders), then
+probe the frozen x-encoder: per used cell i, a logistic regression of z_i on its pooled last-stage
+features (probe_train pairs drawn by the pretraining drawers, probe_test pairs by held-out
+drawers); the reported number is the mean accuracy over the used cells, chance mean(1/l_i).
+
+Besides accuracy, every run logs why it might differ: ``false_negatives`` (the share of the
+dictionary whose latent label z equals the query's: negatives that are really positives) and
+``distinct`` (distinct latent labels among each step's M enqueued negatives).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import provenance
+from ..checkpoint import write_atomic
+from ..config import load_config
+from .omniglot import PAPER_SIZES, mutual_information
+
+METHODS = ("smoco", "xmoco", "cmacc", "random_pool", "feature_active")
+
+
+@dataclass
+class Settings:
+    chars: tuple[int, ...] = tuple(range(1, 10))
+    methods: tuple[str, ...] = METHODS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    steps: int = 300
+    M: int = 32
+    K: int = 512
+    N: int = 1536
+    train_size: int = 10000  # the paper: 50K
+    probe_train: int = 2000
+    probe_test: int = 1000
+    lr: float = 2e-3
+    overrides: list[str] = field(default_factory=list)  # further --set keys for every run
+
+
+QUICK = dict(chars=(1, 2), methods=("xmoco", "cmacc"), steps=6, M=16, K=64, N=160, train_size=320,
+             probe_train=300, probe_test=150)
+
+
+def run_config(s: Settings, zip_path: str, method: str, k: int, seed: int):
+    keys = [f"method={method}", "data.name=omniglot", f"data.omniglot={zip_path}", f"data.chars={k}",
+            "model.video=image", "model.audio=image", f"seed={seed}", f"steps={s.steps}", f"M={s.M}", f"K={s.K}",
+            f"N={s.N}", f"lr={s.lr}", f"warmup_steps={max(1, min(30, s.steps // 5))}",
+            f"data.train_size={s.train_size}", f"data.probe_train_size={s.probe_train}",
+            f"data.probe_test_size={s.probe_test}", "data.num_classes=2", "probe.enabled=false",
+            "run.progress=false", "run.checkpoint_every=100000", "run.keep_checkpoints=0"]
+    return load_config(overrides=keys + list(s.overrides))
+
+
+def cell_probe(cfg, run_dir: Path) -> list[float]:
+    """Per used cell: accuracy of a logistic regression of z_i on the frozen x-encoder's features."""
+    from ..data.build import build_data
+    from ..evaluation import features, linear
+    from ..evaluation.encoders import from_run
+    enc = from_run(run_dir)
+    data = build_data(cfg, torch.device("cpu"))
+    tr, te = data.probe_train, data.probe_test
+    kw = dict(device=torch.device("cpu"), progress=False)
+    x_tr = features.crop_features(enc.f_v, tr, "video", np.arange(len(tr)), 1, train=False, **kw)["layer4"]
+    x_te = features.crop_features(enc.f_v, te, "video", np.arange(len(te)), 1, train=False, **kw)["layer4"]
+    accs = []
+    for i in range(cfg.data.chars):
+        pred, _, _ = linear.fit_predict(x_tr, tr.cell_labels[:, i], x_te, classifier="logreg", C=cfg.probe.C,
+                                        seed=cfg.seed)
+        accs.append(float((pred == te.cell_labels[:, i]).mean()))
+    return accs
+
+
+def run_one(s: Settings, zip_path: str, method: str, k: int, seed: int, out: Path) -> dict:
+    from ..train import pretrain
+    cfg = run_config(s, zip_path, method, k, seed)
+    run_dir = out / "runs" / f"{method}-k{k}-seed{seed}"
+    t0 = time.perf_counter()
+    summary = pretrain(cfg, run_dir)
+    per_cell = cell_probe(cfg, run_dir)
+    neg = summary["negatives"]
+    return {"accuracy": float(np.mean(per_cell)), "per_cell": per_cell, "false_negatives": neg.get("false_negatives"),
+            "distinct": neg.get("mean_categories"), "final_loss": summary["final_loss"],
+            "minutes": (time.perf_counter() - t0) / 60}
+
+
+def run(zip_path: str, out: Path, s: Settings, quick: bool) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    results, why, per_cell, minutes = {}, {}, {}, {}
+    jobs = [(m, k, seed) for m in s.methods for k in s.chars for seed in s.seeds]
+    t0 = time.perf_counter()
+    for m, k, seed in tqdm(jobs, desc="mi runs", disable=False):
+        r = run_one(s, zip_path, m, k, seed, out)
+        results.setdefault(m, {}).setdefault(str(k), []).append(r["accuracy"])
+        per_cell.setdefault(m, {}).setdefault(str(k), []).append(r["per_cell"])
+        for key in ("false_negatives", "distinct", "final_loss"):
+            why.setdefault(key, {}).setdefault(m, {}).setdefault(str(k), []).append(r[key])
+        minutes.setdefault(m, {}).setdefault(str(k), []).append(r["minutes"])
+    res = {"experiment": "mi", "quick": quick,
+           "settings": {**asdict(s), "zip": str(zip_path), "alphabet_sizes": PAPER_SIZES,
+                        "mi_nats": {str(k): mutual_information(PAPER_SIZES, k) for k in s.chars},
+                        "exp_mi_vs_train_size": {str(k): math.exp(mutual_information(PAPER_SIZES, k)) / s.train_size
+                                                 for k in s.chars},
+                        "alphabets": _alphabets_note(zip_path)},
+           "results": results, "per_cell": per_cell, **why, "minutes": minutes,
+           "chance": {str(k): float(np.mean([1 / n for n in PAPER_SIZES[:k]])) for k in s.chars},
+           "total_minutes": (time.perf_counter() - t0) / 60, "provenance": provenance.collect("cpu")}
+    write_atomic(out / "results.json", json.dumps(res, indent=1))
+    plot(res, out / "mi.png")
+    print(table(res))
+    print(f"wrote {out / 'results.json'} and {out / 'mi.png'}")
+    return res
+
+
+def _alphabets_note(zip_path: str) -> str:
+    from .omniglot import make_alphabets, read_glyphs
+    return make_alphabets(read_glyphs(zip_path), PAPER_SIZES, 0)[1]
+
+
+def _ms(xs: list[float]) -> tuple[float, float]:
+    return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+
+
+def table(res: dict) -> str:
+    ks = [str(k) for k in res["settings"]["chars"]]
+    lines = ["probe accuracy (mean over used cells), mean ± std over seeds " + str(res["settings"]["seeds"]),
+             f"{'method':<16}" + "".join(f"{'k=' + k:>14}" for k in ks)]
+    for m, by_k in res["results"].items():
+        lines.append(f"{m:<16}" + "".join("{:>14}".format("%.1f ± %.1f%%" % tuple(100 * v for v in _ms(by_k[k])))
+                                          for k in ks))
+    lines.append(f"{'chance':<16}" + "".join(f"{100 * res['chance'][k]:>13.1f}%" for k in ks))
+    lines.append(f"{'e^I / train set':<16}" + "".join(f"{res['settings']['exp_mi_vs_train_size'][k]:>14.3g}"
+                                                    for k in ks))
+    lines.append("false negatives (share of D with the query's z), mean over seeds:")
+    for m, by_k in res["false_negatives"].items():
+        lines.append(f"{m:<16}" + "".join(f"{np.mean([x for x in by_k[k] if x is not None] or [np.nan]):>14.4f}"
+                                          for k in ks))
+    return "\n".join(lines)
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ks = res["settings"]["chars"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m, by_k in res["results"].items():
+        ms = [_ms(by_k[str(k)]) for k in ks]
+        ax.errorbar(ks, [100 * a for a, _ in ms], yerr=[100 * e for _, e in ms], marker="o", capsize=3, label=m)
+    ax.plot(ks, [100 * res["chance"][str(k)] for k in ks], "k--", lw=1, label="chance")
+    ax.set_xlabel("number of characters k (MI = sum of log l_i)")
+    ax.set_ylabel("probe accuracy (%), mean over cells")
+    ax.set_title(f"Spatial-MultiOmniglot (CM-ACC Fig. 3a), {len(res['settings']['seeds'])} seeds, "
+                 f"{res['settings']['train_size']} pairs", fontsize=9)
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
