@@ -63,7 +63,7 @@ def run_config(s: Settings, zip_path: str, method: str, k: int, seed: int):
 def cell_probe(cfg, run_dir: Path) -> list[float]:
     """Per used cell: accuracy of a logistic regression of z_i on the frozen x-encoder's features."""
     from ..data.build import build_data
-    from ..evaluation import features, linear
+    from ..evaluation import features
     from ..evaluation.encoders import from_run
     enc = from_run(run_dir)
     data = build_data(cfg, torch.device("cpu"))
@@ -71,11 +71,17 @@ def cell_probe(cfg, run_dir: Path) -> list[float]:
     kw = dict(device=torch.device("cpu"), progress=False)
     x_tr = features.crop_features(enc.f_v, tr, "video", np.arange(len(tr)), 1, train=False, **kw)["layer4"]
     x_te = features.crop_features(enc.f_v, te, "video", np.arange(len(te)), 1, train=False, **kw)["layer4"]
+    return cell_accuracies(x_tr, tr.cell_labels, x_te, te.cell_labels, C=cfg.probe.C, seed=cfg.seed)
+
+
+def cell_accuracies(x_tr: np.ndarray, z_tr: np.ndarray, x_te: np.ndarray, z_te: np.ndarray, *, C: float,
+                    seed: int) -> list[float]:
+    """x: n x 1 x features; z: n x k cell labels. One logistic regression per cell."""
+    from ..evaluation import linear
     accs = []
-    for i in range(cfg.data.chars):
-        pred, _, _ = linear.fit_predict(x_tr, tr.cell_labels[:, i], x_te, classifier="logreg", C=cfg.probe.C,
-                                        seed=cfg.seed)
-        accs.append(float((pred == te.cell_labels[:, i]).mean()))
+    for i in range(z_tr.shape[1]):
+        pred, _, _ = linear.fit_predict(x_tr, z_tr[:, i], x_te, classifier="logreg", C=C, seed=seed)
+        accs.append(float((pred == z_te[:, i]).mean()))
     return accs
 
 

@@ -75,8 +75,8 @@ def read_glyphs(path: str | Path) -> Glyphs:
         if not chars:
             raise OmniglotError(f"{path}: no <root>/<alphabet>/<character>/<drawing>.png entries")
         drawers = min(len(v) for v in chars.values())
-        if drawers < 3:
-            raise OmniglotError(f"{path}: a character has {drawers} drawing(s); the splits need >= 3")
+        if drawers < 6:
+            raise OmniglotError(f"{path}: a character has {drawers} drawing(s); the splits need >= 6")
         keys = sorted(chars)
         images = np.stack([[_glyph(zf.read(f)) for f in sorted(chars[k])[:drawers]] for k in keys])
     return Glyphs(images, [f"{a}/{c}" for a, c in keys], [a for a, _ in keys])
@@ -119,8 +119,8 @@ class SpatialMultiOmniglot(torch.utils.data.Dataset):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
         D = glyphs.images.shape[1]
-        if not 2 <= train_drawers <= D - 2:
-            raise ValueError(f"train_drawers must leave >= 2 of the {D} drawers on each side, got {train_drawers}")
+        if not 3 <= train_drawers <= D - 3:
+            raise ValueError(f"train_drawers must leave >= 3 of the {D} drawers on each side, got {train_drawers}")
         self.glyphs, self.alphabets, self.k, self.size, self.views = glyphs, alphabets, k, size, views
         self.sizes = np.array([len(a) for a in alphabets[:k]])
         self.drawers = np.arange(train_drawers) if split != "probe_test" else np.arange(train_drawers, D)
@@ -148,10 +148,12 @@ class SpatialMultiOmniglot(torch.utils.data.Dataset):
         return x, y
 
     def drawer_choice(self, index: int, view: int) -> tuple[np.ndarray, np.ndarray]:
-        """x's and y's drawers per cell for view 0 (the pair) or 1 (the second rendering); x's differ from y's."""
-        rng = np.random.default_rng([self.seed, 131, SPLITS[self.split], index, view])
-        picks = np.stack([rng.choice(self.drawers, 2, replace=False) for _ in range(self.k)])
-        return picks[:, 0], picks[:, 1]
+        """x's and y's drawers per cell for view 0 (the pair) or 1 (the second rendering, SMoCo's
+        positive). In every cell x's drawer differs from y's, and view 1's from view 0's."""
+        rng = np.random.default_rng([self.seed, 131, SPLITS[self.split], index])
+        n = len(self.drawers)
+        perms = np.stack([rng.permutation(self.drawers) for _ in range(self.k)])  # k x n
+        return perms[:, (2 * view) % n], perms[:, (2 * view + 1) % n]
 
     def __getitem__(self, req) -> dict:
         index = req.index if isinstance(req, ClipRequest) else int(req)

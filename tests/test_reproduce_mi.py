@@ -1,0 +1,116 @@
+"""Spatial-MultiOmniglot and `cmacc reproduce mi` (CM-ACC Fig. 3a)."""
+import io
+import json
+import math
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cmacc.cli import main
+from cmacc.reproduce import mi
+from cmacc.reproduce.omniglot import (CELL, PAPER_SIZES, OmniglotError, SpatialMultiOmniglot, make_alphabets,
+                                      mutual_information, read_glyphs)
+
+
+def _zip(path, alphabets=(("Alpha", 40), ("Beta", 30)), drawers=6):
+    """An Omniglot-layout zip of random blob characters: 105 x 105 PNGs, black ink on white."""
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w") as z:
+        for a, n in alphabets:
+            for c in range(n):
+                shape = rng.random((7, 7)) < 0.4
+                for d in range(drawers):
+                    img = np.kron(shape, np.ones((15, 15))) * (rng.random((105, 105)) < 0.95)
+                    buf = io.BytesIO()
+                    Image.fromarray(((1 - img) * 255).astype(np.uint8)).save(buf, format="PNG")
+                    z.writestr(f"images_background_test/{a}/character{c + 1:02d}/{c:04d}_{d + 1:02d}.png",
+                               buf.getvalue())
+    return path
+
+
+@pytest.fixture(scope="module")
+def glyphs(tmp_path_factory):
+    return read_glyphs(_zip(tmp_path_factory.mktemp("omni") / "images_background_t.zip"))
+
+
+def test_y_shows_the_successor_of_x_in_every_used_cell(glyphs):
+    alphabets, how = make_alphabets(glyphs, PAPER_SIZES, 0)
+    assert "pseudo-alphabets" in how and [len(a) for a in alphabets] == list(PAPER_SIZES)
+    assert all(len(set(a.tolist())) == len(a) for a in alphabets)  # l_i distinct characters
+    ds = SpatialMultiOmniglot(glyphs, alphabets, 4, 50, train_drawers=3, views=2)
+    for n in range(50):
+        z = ds.cell_labels[n]
+        x, y = ds.pair_characters(n)
+        for i in range(4):
+            a = alphabets[i]
+            assert x[i] == a[z[i]] and y[i] == a[(z[i] + 1) % len(a)]
+        item, (dx, dy) = ds[n], ds.drawer_choice(n, 0)
+        (dx1, dy1) = ds.drawer_choice(n, 1)
+        assert (dx != dy).all() and (dx1 != dx).all() and (dy1 != dy).all() and (dx1 != dy1).all()
+        for i in range(4):  # cell i of the canvases shows exactly those drawings
+            r, c = divmod(i, 3)
+            cell = np.s_[0, 0, r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL]
+            np.testing.assert_array_equal(item["video"][cell].numpy(), glyphs.images[x[i], dx[i]])
+            np.testing.assert_array_equal(item["audio"][cell].numpy(), glyphs.images[y[i], dy[i]])
+        blank = item["video"][0, 0].clone()
+        blank[:CELL, :] = 0
+        blank[CELL:2 * CELL, :CELL] = 0  # cells 0-3 used; cells 4-8 must be empty
+        assert blank.abs().sum() == 0
+        assert not np.array_equal(item["video"].numpy(), item["video_k"].numpy())  # SMoCo: another drawing
+    assert ds[0]["video"].shape == (1, 1, 96, 96)  # the input does not grow with k
+    assert mutual_information(PAPER_SIZES, 4) == pytest.approx(math.log(55 * 52 * 48 * 47))
+
+
+def test_drawers_are_disjoint_between_pretraining_and_the_probe_test_set(glyphs):
+    alphabets, _ = make_alphabets(glyphs, PAPER_SIZES, 0)
+    used = {}
+    for split in ("train", "probe_train", "probe_test"):
+        ds = SpatialMultiOmniglot(glyphs, alphabets, 9, 40, split=split, train_drawers=3, views=2)
+        used[split] = {int(d) for n in range(40) for v in (0, 1) for dd in ds.drawer_choice(n, v) for d in dd}
+    assert used["train"] <= {0, 1, 2} and used["probe_train"] <= {0, 1, 2} and used["probe_test"] <= {3, 4, 5}
+    z = SpatialMultiOmniglot(glyphs, alphabets, 9, 4000, train_drawers=3).cell_labels
+    assert all(set(z[:, i].tolist()) == set(range(PAPER_SIZES[i])) for i in range(9))  # z_i ~ U(l_i)
+
+
+def test_real_alphabets_are_used_when_large_enough(tmp_path):
+    g = read_glyphs(_zip(tmp_path / "big.zip", alphabets=(("A", 5), ("B", 4), ("C", 3)), drawers=6))
+    alphabets, how = make_alphabets(g, (4, 3), 0)
+    assert "largest alphabets" in how
+    assert {g.alphabets[c] for c in alphabets[0]} == {"A"} and {g.alphabets[c] for c in alphabets[1]} == {"B"}
+
+
+def test_bad_zips_are_named(tmp_path):
+    with pytest.raises(OmniglotError, match="no such file"):
+        read_glyphs(tmp_path / "none.zip")
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    with pytest.raises(OmniglotError, match="is not a zip file"):
+        read_glyphs(tmp_path / "bad.zip")
+    assert main(["reproduce", "mi", "--omniglot", str(tmp_path / "bad.zip"), "--quick"]) == 2
+
+
+def test_cell_probe_on_a_separable_case():
+    """Features that encode z linearly (one-hot per cell) are probed perfectly; noise gives chance."""
+    rng = np.random.default_rng(0)
+    z = np.stack([rng.integers(0, 5, 400), rng.integers(0, 3, 400)], 1)
+    onehot = np.concatenate([np.eye(5)[z[:, 0]], np.eye(3)[z[:, 1]]], 1)[:, None]
+    accs = mi.cell_accuracies(onehot[:300], z[:300], onehot[300:], z[300:], C=1.0, seed=0)
+    assert accs == [1.0, 1.0]
+    noise = rng.normal(size=(400, 1, 8))
+    accs = mi.cell_accuracies(noise[:300], z[:300], noise[300:], z[300:], C=1.0, seed=0)
+    assert accs[0] < 0.45 and accs[1] < 0.6
+
+
+def test_quick_reproduction_writes_results(glyphs, tmp_path):
+    zp = _zip(tmp_path / "images_background_q.zip", alphabets=(("Alpha", 60),), drawers=20)
+    assert main(["reproduce", "mi", "--omniglot", str(zp), "--quick", "--out", str(tmp_path / "o")]) == 0
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["experiment"] == "mi" and set(res["results"]) == {"xmoco", "cmacc"}
+    for m in ("xmoco", "cmacc"):
+        for k in ("1", "2"):
+            assert len(res["results"][m][k]) == 3 and all(0 <= a <= 1 for a in res["results"][m][k])
+            assert all(f is not None and 0 <= f <= 1 for f in res["false_negatives"][m][k])
+    assert res["chance"]["1"] == pytest.approx(1 / 55) and {"git", "versions"} <= set(res["provenance"])
+    assert res["settings"]["exp_mi_vs_train_size"]["2"] == pytest.approx(55 * 52 / 320)
+    assert (tmp_path / "o" / "mi.png").stat().st_size > 1000
