@@ -10,8 +10,15 @@ from PIL import Image
 
 from cmacc.cli import main
 from cmacc.reproduce import mi
-from cmacc.reproduce.omniglot import (CELL, PAPER_SIZES, OmniglotError, SpatialMultiOmniglot, make_alphabets,
-                                      mutual_information, read_glyphs)
+from cmacc.reproduce.omniglot import (
+    CELL,
+    PAPER_SIZES,
+    OmniglotError,
+    SpatialMultiOmniglot,
+    make_alphabets,
+    mutual_information,
+    read_glyphs,
+)
 
 
 def _zip(path, alphabets=(("Alpha", 40), ("Beta", 30)), drawers=6):
