@@ -1,8 +1,13 @@
 """The ResNet BasicBlock (He et al., 2016), for any convolution dimensionality."""
 from __future__ import annotations
 
+import itertools
+from functools import partial
+
 import torch
 from torch import nn
+
+from .norm import SplitBatchNorm
 
 
 class BasicBlock(nn.Module):
@@ -46,13 +51,45 @@ def kaiming_init(module: nn.Module, conv) -> None:
             nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
 
 
+class ResNetBackbone(nn.Module):
+    """stem (conv, BN, ReLU, optional 3/2 max-pool) -> residual stages -> global average pool.
+
+    Returns pooled features (B x widths[-1]). ``dims`` (1, 2 or 3) picks the pooling layers,
+    ``conv`` the convolution class; subclasses check their input in :meth:`as_input`."""
+
+    def __init__(self, dims: int, conv, in_channels: int, widths, blocks, stem_kernel, stem_stride,
+                 max_pool: bool, bn_splits: int) -> None:
+        super().__init__()
+        norm = partial(SplitBatchNorm, num_splits=bn_splits)
+        pad = tuple(k // 2 for k in stem_kernel) if isinstance(stem_kernel, (tuple, list)) else stem_kernel // 2
+        max_pools = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
+        avg_pools = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}
+        self.in_channels = in_channels
+        self.stem = nn.Sequential(
+            conv(in_channels, widths[0], stem_kernel, stem_stride, pad, bias=False),
+            norm(widths[0]), nn.ReLU(inplace=True),
+            max_pools[dims](3, 2, 1) if max_pool else nn.Identity(),
+        )
+        self.stage_ends = tuple(itertools.accumulate(blocks))  # block index after each stage
+        self.layers = stages(conv, widths, blocks, norm)
+        self.pool = avg_pools[dims](1)
+        self.out_dim = widths[-1]
+        kaiming_init(self, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+
+    def as_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.layers(self.stem(self.as_input(x)))).flatten(1)  # B x C
+
+
 STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")  # AVID Table 1's blocks: stem, residual stages
 
 
 def pooled_stages(backbone: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Globally average-pooled outputs of the stem and of each residual stage (B x C each), in
     STAGES order; the last equals ``backbone(x)``."""
-    h = backbone.stem(backbone.as_image(x) if hasattr(backbone, "as_image") else x)
+    h = backbone.stem(backbone.as_input(x))
     out = {STAGES[0]: h.flatten(2).mean(2)}
     start = 0
     for name, end in zip(STAGES[1:], backbone.stage_ends, strict=True):

@@ -5,40 +5,24 @@ kernels ... We treat the mel-spectrograms as an 80-channel 1D signal." Input B x
 """
 from __future__ import annotations
 
-import itertools
-from functools import partial
-
 from torch import nn
 
-from .blocks import kaiming_init, stages
-from .norm import SplitBatchNorm
+from .blocks import ResNetBackbone
 
 
-class ResNet1d(nn.Module):
+class ResNet1d(ResNetBackbone):
     """Backbone only: returns pooled features (B x widths[-1])."""
 
     def __init__(self, in_channels: int = 80, widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2),
                  stem_kernel: int = 7, stem_stride: int = 2, max_pool: bool = True,
                  bn_splits: int = 1) -> None:
-        super().__init__()
-        norm = partial(SplitBatchNorm, num_splits=bn_splits)
-        self.in_channels = in_channels
-        self.stem = nn.Sequential(
-            nn.Conv1d(in_channels, widths[0], stem_kernel, stem_stride, stem_kernel // 2, bias=False),
-            norm(widths[0]), nn.ReLU(inplace=True),
-            nn.MaxPool1d(3, 2, 1) if max_pool else nn.Identity(),
-        )
-        self.stage_ends = tuple(itertools.accumulate(blocks))  # block index after each stage
-        self.layers = stages(nn.Conv1d, widths, blocks, norm)
-        self.pool = nn.AdaptiveAvgPool1d(1)
-        self.out_dim = widths[-1]
-        kaiming_init(self, nn.Conv1d)
+        super().__init__(1, nn.Conv1d, in_channels, widths, blocks, stem_kernel, stem_stride, max_pool, bn_splits)
 
-    def forward(self, x):  # x: B x 80 x T
+    def as_input(self, x):  # x: B x 80 x T
         if x.dim() != 3 or x.shape[1] != self.in_channels:
             raise ValueError(f"audio encoder expects B x {self.in_channels} x T (mel bands as channels), "
                              f"got shape {tuple(x.shape)}")
-        return self.pool(self.layers(self.stem(x))).flatten(1)  # B x C
+        return x
 
 
 AUDIO_ARCHS = {

@@ -5,37 +5,19 @@ Input B x C x 1 x H x W (a one-frame clip, as the datasets deliver images) or B 
 """
 from __future__ import annotations
 
-import itertools
-from functools import partial
-
 from torch import nn
 
-from .blocks import kaiming_init, stages
-from .norm import SplitBatchNorm
+from .blocks import ResNetBackbone
 
 
-class ResNet2d(nn.Module):
+class ResNet2d(ResNetBackbone):
     """Backbone only: returns pooled features (B x widths[-1])."""
 
     def __init__(self, in_channels: int = 1, widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1), stem_kernel: int = 5,
                  stem_stride: int = 2, max_pool: bool = True, bn_splits: int = 1) -> None:
-        super().__init__()
-        norm = partial(SplitBatchNorm, num_splits=bn_splits)
-        self.in_channels = in_channels
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, widths[0], stem_kernel, stem_stride, stem_kernel // 2, bias=False),
-            norm(widths[0]), nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, 2, 1) if max_pool else nn.Identity())
-        self.stage_ends = tuple(itertools.accumulate(blocks))
-        self.layers = stages(nn.Conv2d, widths, blocks, norm)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.out_dim = widths[-1]
-        kaiming_init(self, nn.Conv2d)
+        super().__init__(2, nn.Conv2d, in_channels, widths, blocks, stem_kernel, stem_stride, max_pool, bn_splits)
 
-    def forward(self, x):
-        return self.pool(self.layers(self.stem(self.as_image(x)))).flatten(1)  # B x C
-
-    def as_image(self, x):
+    def as_input(self, x):
         if x.dim() == 5 and x.shape[2] == 1:
             x = x[:, :, 0]
         if x.dim() != 4 or x.shape[1] != self.in_channels:

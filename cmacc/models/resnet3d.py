@@ -6,14 +6,10 @@ in stages 2-4 on T, H and W, global average pool. Projection shortcuts (type B).
 """
 from __future__ import annotations
 
-import itertools
-from functools import partial
-
 import torch
 from torch import nn
 
-from .blocks import kaiming_init, stages
-from .norm import SplitBatchNorm
+from .blocks import ResNetBackbone
 
 
 def _cpu_bf16_autocast() -> bool:
@@ -40,30 +36,18 @@ class Conv3d(nn.Conv3d):
         return super().forward(x)
 
 
-class ResNet3d(nn.Module):
+class ResNet3d(ResNetBackbone):
     """Backbone only: returns pooled features (B x widths[-1])."""
 
     def __init__(self, widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2), stem_kernel=(7, 7, 7),
                  stem_stride=(1, 2, 2), max_pool: bool = True, in_channels: int = 3,
                  bn_splits: int = 1) -> None:
-        super().__init__()
-        norm = partial(SplitBatchNorm, num_splits=bn_splits)
-        pad = tuple(k // 2 for k in stem_kernel)
-        self.stem = nn.Sequential(
-            Conv3d(in_channels, widths[0], stem_kernel, stem_stride, pad, bias=False),
-            norm(widths[0]), nn.ReLU(inplace=True),
-            nn.MaxPool3d(3, 2, 1) if max_pool else nn.Identity(),
-        )
-        self.stage_ends = tuple(itertools.accumulate(blocks))  # block index after each stage
-        self.layers = stages(Conv3d, widths, blocks, norm)
-        self.pool = nn.AdaptiveAvgPool3d(1)
-        self.out_dim = widths[-1]
-        kaiming_init(self, nn.Conv3d)
+        super().__init__(3, Conv3d, in_channels, widths, blocks, stem_kernel, stem_stride, max_pool, bn_splits)
 
-    def forward(self, x):  # x: B x 3 x T x H x W
+    def as_input(self, x):  # x: B x 3 x T x H x W
         if x.dim() != 5:
             raise ValueError(f"video encoder expects B x C x T x H x W, got shape {tuple(x.shape)}")
-        return self.pool(self.layers(self.stem(x))).flatten(1)  # B x C
+        return x
 
 
 VIDEO_ARCHS = {
