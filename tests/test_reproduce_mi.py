@@ -121,3 +121,11 @@ def test_quick_reproduction_writes_results(glyphs, tmp_path):
     assert res["chance"]["1"] == pytest.approx(1 / 55) and {"git", "versions"} <= set(res["provenance"])
     assert res["settings"]["exp_mi_vs_train_size"]["2"] == pytest.approx(55 * 52 / 320)
     assert (tmp_path / "o" / "mi.png").stat().st_size > 1000
+
+
+def test_supervised_reference_learns_the_cells(tmp_path):
+    """The ceiling row trains the x-encoder on z: on an easy set-up its probe beats chance by far."""
+    zp = _zip(tmp_path / "images_background_s.zip", alphabets=(("Alpha", 60),), drawers=20)
+    s = mi.Settings(**{**mi.QUICK, "steps": 40, "train_size": 600})
+    r = mi.run_one(s, str(zp), "supervised", 1, 0, tmp_path / "o")
+    assert r["accuracy"] > 5 / 55 and r["false_negatives"] is None

@@ -28,6 +28,7 @@ from ..config import load_config
 from .omniglot import PAPER_SIZES, mutual_information
 
 METHODS = ("smoco", "xmoco", "cmacc", "random_pool", "feature_active")
+REFERENCES = ("supervised",)  # not a --set method: the ceiling of the probe (see supervised())
 
 
 @dataclass
@@ -51,7 +52,8 @@ QUICK = dict(chars=(1, 2), methods=("xmoco", "cmacc"), steps=6, M=16, K=64, N=16
 
 
 def run_config(s: Settings, zip_path: str, method: str, k: int, seed: int):
-    keys = [f"method={method}", "data.name=omniglot", f"data.omniglot={zip_path}", f"data.chars={k}",
+    """The run's config; a reference row (supervised) takes xmoco's encoders and data."""
+    keys = [f"method={'xmoco' if method in REFERENCES else method}", "data.name=omniglot", f"data.omniglot={zip_path}", f"data.chars={k}",
             "model.video=image", "model.audio=image", f"seed={seed}", f"steps={s.steps}", f"M={s.M}", f"K={s.K}",
             f"N={s.N}", f"lr={s.lr}", f"warmup_steps={max(1, min(30, s.steps // 5))}",
             f"data.train_size={s.train_size}", f"data.probe_train_size={s.probe_train}",
@@ -85,12 +87,47 @@ def cell_accuracies(x_tr: np.ndarray, z_tr: np.ndarray, x_te: np.ndarray, z_te: 
     return accs
 
 
+def supervised(cfg, run_dir: Path) -> dict:
+    """The probe's ceiling on this data: the same x-encoder trained with z's labels (one linear head
+    and cross-entropy per used cell, Adam, cfg.steps steps of cfg.M training pairs), then probed
+    exactly as the self-supervised encoders are. Saved as a run folder, so cell_probe reads it."""
+    from .. import checkpoint
+    from ..data.build import build_data
+    from ..evaluation.features import batches
+    from ..models import build_encoder
+    torch.manual_seed(cfg.seed)
+    data = build_data(cfg, torch.device("cpu"))
+    f_v = build_encoder("video", "image", d=cfg.model.d, with_fc=cfg.fc != "none", head=cfg.model.head)
+    heads = torch.nn.ModuleList(torch.nn.Linear(f_v.backbone.out_dim, int(n)) for n in data.train.sizes)
+    opt = torch.optim.Adam(list(f_v.parameters()) + list(heads.parameters()), lr=cfg.lr)
+    g = torch.Generator().manual_seed(cfg.seed)
+    z = torch.from_numpy(data.train.cell_labels)
+    from ..data import ClipRequest
+    losses = []
+    for step in range(cfg.steps):
+        idx = torch.randint(len(data.train), (cfg.M,), generator=g)
+        b = next(batches(data.train, [ClipRequest(int(i), modality="video") for i in idx], cfg.M, 0,
+                         torch.device("cpu")))
+        h = f_v.backbone(b["video"])
+        loss = sum(torch.nn.functional.cross_entropy(head(h), z[idx, i]) for i, head in enumerate(heads))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    from ..train import build_encoders
+    _, f_a = build_encoders(cfg)  # untrained: the probe reads f_v only
+    state = {f"{name}.{k}": v for name, f in (("f_v", f_v), ("f_a", f_a)) for k, v in f.state_dict().items()}
+    checkpoint.save(run_dir / "checkpoints" / "last.pt", {"step": cfg.steps, "model": state, "config": cfg.to_dict()})
+    return {"final_loss": float(np.mean(losses[-10:])), "negatives": {}}
+
+
 def run_one(s: Settings, zip_path: str, method: str, k: int, seed: int, out: Path) -> dict:
     from ..train import pretrain
     cfg = run_config(s, zip_path, method, k, seed)
     run_dir = out / "runs" / f"{method}-k{k}-seed{seed}"
     t0 = time.perf_counter()
-    summary = pretrain(cfg, run_dir)
+    summary = supervised(cfg, run_dir) if method == "supervised" else pretrain(cfg, run_dir)
     per_cell = cell_probe(cfg, run_dir)
     neg = summary["negatives"]
     return {"accuracy": float(np.mean(per_cell)), "per_cell": per_cell, "false_negatives": neg.get("false_negatives"),
