@@ -53,7 +53,8 @@ QUICK = dict(chars=(1, 2), methods=("xmoco", "cmacc"), steps=6, M=16, K=64, N=16
 
 def run_config(s: Settings, zip_path: str, method: str, k: int, seed: int):
     """The run's config; a reference row (supervised) takes xmoco's encoders and data."""
-    keys = [f"method={'xmoco' if method in REFERENCES else method}", "data.name=omniglot", f"data.omniglot={zip_path}", f"data.chars={k}",
+    keys = [f"method={'xmoco' if method in REFERENCES else method}", "data.name=omniglot",
+            f"data.omniglot={zip_path}", f"data.chars={k}",
             "model.video=image", "model.audio=image", f"seed={seed}", f"steps={s.steps}", f"M={s.M}", f"K={s.K}",
             f"N={s.N}", f"lr={s.lr}", f"warmup_steps={max(1, min(30, s.steps // 5))}",
             f"data.train_size={s.train_size}", f"data.probe_train_size={s.probe_train}",
