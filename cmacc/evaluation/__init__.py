@@ -2,10 +2,13 @@
 
     cmacc export RUN_DIR --out encoders.pt
     cmacc eval esc50 --data ROOT [--protocol linear|finetune|baseline] [--encoders F | --run DIR | --random-init]
+    cmacc eval ucf101|hmdb51 --data ROOT [--splits DIR] --split 1|2|3|all      (fine-tuning)
+    cmacc eval retrieval --dataset ucf101|hmdb51 --data ROOT --split 1
+    cmacc eval synthetic [--run DIR]                                           (the built-in probe splits)
 
 One module per idea: encoders (what is measured), folds (splits without source leakage),
 features (frozen crops per stage), linear (scikit-learn classifiers), finetune (end to end),
-baseline (log-mel/MFCC), one module per task (esc50), report (JSON, table, PNG).
+baseline (log-mel/MFCC), one module per task family (esc50, video), report (JSON, table, PNG).
 """
 from __future__ import annotations
 
