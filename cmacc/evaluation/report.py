@@ -19,6 +19,12 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
 
 
+def _per_class(preds: list[np.ndarray], labels_of: list[np.ndarray], classes: list[str]) -> dict:
+    """Accuracy per class over the test items of all folds (None for a class never tested)."""
+    pred, true = np.concatenate(preds), np.concatenate(labels_of)
+    return {c: float((pred[true == k] == k).mean()) if (true == k).any() else None for k, c in enumerate(classes)}
+
+
 def summarise(task: str, protocol: str, per_fold: list[dict], labels_of: list[np.ndarray],
               classes: list[str]) -> dict:
     """per_fold[i]["stages"][stage] = {"accuracy", "pred", ...}; labels_of[i]: true labels of fold i's test items."""
@@ -29,8 +35,7 @@ def summarise(task: str, protocol: str, per_fold: list[dict], labels_of: list[np
         mean, std = _mean_std(accs)
         stages[s] = {"folds": accs, "mean": mean, "std": std}
     best = max(names, key=lambda s: stages[s]["mean"])
-    pred, true = (np.concatenate([f["stages"][best]["pred"] for f in per_fold]), np.concatenate(labels_of))
-    per_class = {c: float((pred[true == k] == k).mean()) if (true == k).any() else None for k, c in enumerate(classes)}
+    per_class = _per_class([f["stages"][best]["pred"] for f in per_fold], labels_of, classes)
     folds = [{"name": f["fold"], "accuracy": f["stages"][best]["accuracy"], "n_test": int(len(t)),
               **{k: v for k, v in f["stages"][best].items() if k not in ("accuracy", "pred")}}
              for f, t in zip(per_fold, labels_of)]
@@ -46,8 +51,7 @@ def summarise_retrieval(per_split: list[dict], labels_of: list[np.ndarray], clas
     topk = {s: {str(k): dict(zip(("mean", "std"), _mean_std([p["stages"][s][k] for p in per_split])),
                              folds=[p["stages"][s][k] for p in per_split]) for k in ks} for s in names}
     first = ks[0]
-    pred, true = np.concatenate([p["pred"] for p in per_split]), np.concatenate(labels_of)
-    per_class = {c: float((pred[true == j] == j).mean()) if (true == j).any() else None for j, c in enumerate(classes)}
+    per_class = _per_class([p["pred"] for p in per_split], labels_of, classes)
     folds = [{"name": p["fold"], "accuracy": p["stages"][stage][first], "n_test": p["n_test"], "n_train": p["n_train"],
               "topk": {str(k): p["stages"][stage][k] for k in ks}} for p in per_split]
     return {"task": "retrieval", "protocol": "cosine", "best_stage": stage, "folds": folds,

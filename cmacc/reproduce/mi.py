@@ -93,9 +93,10 @@ def supervised(cfg, run_dir: Path) -> dict:
     and cross-entropy per used cell, Adam, cfg.steps steps of cfg.M training pairs), then probed
     exactly as the self-supervised encoders are. Saved as a run folder, so cell_probe reads it."""
     from .. import checkpoint
+    from ..data import ClipRequest
     from ..data.build import build_data
-    from ..evaluation.features import batches
     from ..models import build_encoder
+    from ..train import build_encoders
     torch.manual_seed(cfg.seed)
     data = build_data(cfg, torch.device("cpu"))
     f_v = build_encoder("video", "image", d=cfg.model.d, with_fc=cfg.fc != "none", head=cfg.model.head)
@@ -103,20 +104,17 @@ def supervised(cfg, run_dir: Path) -> dict:
     opt = torch.optim.Adam(list(f_v.parameters()) + list(heads.parameters()), lr=cfg.lr)
     g = torch.Generator().manual_seed(cfg.seed)
     z = torch.from_numpy(data.train.cell_labels)
-    from ..data import ClipRequest
     losses = []
-    for step in range(cfg.steps):
+    for _ in range(cfg.steps):
         idx = torch.randint(len(data.train), (cfg.M,), generator=g)
-        b = next(batches(data.train, [ClipRequest(int(i), modality="video") for i in idx], cfg.M, 0,
-                         torch.device("cpu")))
-        h = f_v.backbone(b["video"])
+        x = torch.stack([data.train[ClipRequest(int(i), modality="video")]["video"] for i in idx])
+        h = f_v.backbone(x)
         loss = sum(torch.nn.functional.cross_entropy(head(h), z[idx, i]) for i, head in enumerate(heads))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    from ..train import build_encoders
     _, f_a = build_encoders(cfg)  # untrained: the probe reads f_v only
     state = {f"{name}.{k}": v for name, f in (("f_v", f_v), ("f_a", f_a)) for k, v in f.state_dict().items()}
     checkpoint.save(run_dir / "checkpoints" / "last.pt", {"step": cfg.steps, "model": state, "config": cfg.to_dict()})
