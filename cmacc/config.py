@@ -218,8 +218,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-VIDEO_PRESETS = ("tiny", "r10", "r18", "image")  # image: a 2-D ResNet (cmacc.models.resnet2d)
-AUDIO_PRESETS = ("tiny", "r10", "r18", "image")
+IMAGE_PRESETS = ("image", "image_cells")  # 2-D ResNets (cmacc.models.resnet2d)
+VIDEO_PRESETS = ("tiny", "r10", "r18") + IMAGE_PRESETS
+AUDIO_PRESETS = ("tiny", "r10", "r18") + IMAGE_PRESETS
 CHOICES: dict[str, tuple[str, ...]] = {
     "preset": tuple(PRESETS),
     "method": tuple(METHODS),

@@ -5,7 +5,7 @@ import math
 import re
 from pathlib import Path
 
-from .config import CHOICES, LEAVES, Config, ConfigError, RunConfig, flatten
+from .config import CHOICES, IMAGE_PRESETS, LEAVES, Config, ConfigError, RunConfig, flatten
 
 TAU = (1e-3, 10.0)  # contrastive and pseudo-posterior temperatures: beyond these the softmax is one-hot or flat
 LR_MAX = 1.0
@@ -117,8 +117,8 @@ def _validate_data(cfg: Config) -> None:
         need(bool(d.omniglot) and Path(d.omniglot).is_file(), "data.omniglot",
              f"data.name=omniglot needs an Omniglot images_background*.zip, got {d.omniglot!r}")
         need(1 <= d.chars <= 9, "data.chars", f"must be 1..9 (cells of the 3 x 3 canvas), got {d.chars}")
-        need(cfg.model.video == "image" and cfg.model.audio == "image", "model.video",
-             f"Spatial-MultiOmniglot pairs images: set model.video=image and model.audio=image, "
+        need(cfg.model.video in IMAGE_PRESETS and cfg.model.audio in IMAGE_PRESETS, "model.video",
+             f"Spatial-MultiOmniglot pairs images: set model.video and model.audio to one of {IMAGE_PRESETS}, "
              f"got {cfg.model.video!r} / {cfg.model.audio!r}")
     elif d.name == "synthetic":
         ta = d.audio_frames or 4 * d.frames

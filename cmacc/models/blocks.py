@@ -55,10 +55,12 @@ class ResNetBackbone(nn.Module):
     """stem (conv, BN, ReLU, optional 3/2 max-pool) -> residual stages -> global average pool.
 
     Returns pooled features (B x widths[-1]). ``dims`` (1, 2 or 3) picks the pooling layers,
-    ``conv`` the convolution class; subclasses check their input in :meth:`as_input`."""
+    ``conv`` the convolution class; subclasses check their input in :meth:`as_input`. With
+    ``pool_grid=g`` the last stage is average-pooled to a g x ... x g grid and flattened instead
+    (B x widths[-1] * g**dims): features that keep where things are (per-cell image probes)."""
 
     def __init__(self, dims: int, conv, in_channels: int, widths, blocks, stem_kernel, stem_stride,
-                 max_pool: bool, bn_splits: int) -> None:
+                 max_pool: bool, bn_splits: int, pool_grid: int = 1) -> None:
         super().__init__()
         norm = partial(SplitBatchNorm, num_splits=bn_splits)
         pad = tuple(k // 2 for k in stem_kernel) if isinstance(stem_kernel, (tuple, list)) else stem_kernel // 2
@@ -72,8 +74,8 @@ class ResNetBackbone(nn.Module):
         )
         self.stage_ends = tuple(itertools.accumulate(blocks))  # block index after each stage
         self.layers = stages(conv, widths, blocks, norm)
-        self.pool = avg_pools[dims](1)
-        self.out_dim = widths[-1]
+        self.pool = avg_pools[dims](pool_grid)
+        self.out_dim = widths[-1] * pool_grid ** dims
         kaiming_init(self, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
 
     def as_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,7 +90,7 @@ STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")  # AVID Table 1's blo
 
 def pooled_stages(backbone: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Globally average-pooled outputs of the stem and of each residual stage (B x C each), in
-    STAGES order; the last equals ``backbone(x)``."""
+    STAGES order; the last is pooled as the backbone pools it, so it equals ``backbone(x)``."""
     h = backbone.stem(backbone.as_input(x))
     out = {STAGES[0]: h.flatten(2).mean(2)}
     start = 0
@@ -96,4 +98,5 @@ def pooled_stages(backbone: nn.Module, x: torch.Tensor) -> dict[str, torch.Tenso
         h = backbone.layers[start:end](h)
         out[name] = h.flatten(2).mean(2)
         start = end
+    out[STAGES[-1]] = backbone.pool(h).flatten(1)
     return out

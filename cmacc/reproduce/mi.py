@@ -44,6 +44,7 @@ class Settings:
     probe_train: int = 2000
     probe_test: int = 1000
     lr: float = 2e-3
+    encoder: str = "image_cells"  # model.video / model.audio (cmacc.models.resnet2d)
     overrides: list[str] = field(default_factory=list)  # further --set keys for every run
 
 
@@ -55,26 +56,35 @@ def run_config(s: Settings, zip_path: str, method: str, k: int, seed: int):
     """The run's config; a reference row (supervised) takes xmoco's encoders and data."""
     keys = [f"method={'xmoco' if method in REFERENCES else method}", "data.name=omniglot",
             f"data.omniglot={zip_path}", f"data.chars={k}",
-            "model.video=image", "model.audio=image", f"seed={seed}", f"steps={s.steps}", f"M={s.M}", f"K={s.K}",
-            f"N={s.N}", f"lr={s.lr}", f"warmup_steps={max(1, min(30, s.steps // 5))}",
+            f"model.video={s.encoder}", f"model.audio={s.encoder}", f"seed={seed}", f"steps={s.steps}",
+            f"M={s.M}", f"K={s.K}", f"N={s.N}", f"lr={s.lr}", f"warmup_steps={max(1, min(30, s.steps // 5))}",
             f"data.train_size={s.train_size}", f"data.probe_train_size={s.probe_train}",
             f"data.probe_test_size={s.probe_test}", "data.num_classes=2", "probe.enabled=false",
             "run.progress=false", "run.checkpoint_every=100000", "run.keep_checkpoints=0"]
     return load_config(overrides=keys + list(s.overrides))
 
 
-def cell_probe(cfg, run_dir: Path) -> list[float]:
-    """Per used cell: accuracy of a logistic regression of z_i on the frozen x-encoder's features."""
+def cell_probe(cfg, run_dir: Path) -> dict[str, list[float]]:
+    """Per used cell: accuracy of a logistic regression of z_i on the frozen x-encoder's features,
+    tested on held-out drawers (``held_out``, the reported number) and on new pairs by the
+    pretraining drawers (``seen``)."""
     from ..data.build import build_data
     from ..evaluation import features
     from ..evaluation.encoders import from_run
+    from .omniglot import SpatialMultiOmniglot
     enc = from_run(run_dir)
     data = build_data(cfg, torch.device("cpu"))
     tr, te = data.probe_train, data.probe_test
-    kw = dict(device=torch.device("cpu"), progress=False)
-    x_tr = features.crop_features(enc.f_v, tr, "video", np.arange(len(tr)), 1, train=False, **kw)["layer4"]
-    x_te = features.crop_features(enc.f_v, te, "video", np.arange(len(te)), 1, train=False, **kw)["layer4"]
-    return cell_accuracies(x_tr, tr.cell_labels, x_te, te.cell_labels, C=cfg.probe.C, seed=cfg.seed)
+    seen = SpatialMultiOmniglot(te.glyphs, te.alphabets, te.k, len(te), split="probe_test_seen", seed=te.seed,
+                                train_drawers=cfg.data.train_drawers)
+
+    def feats(ds):
+        return features.crop_features(enc.f_v, ds, "video", np.arange(len(ds)), 1, train=False,
+                                      device=torch.device("cpu"), progress=False)["layer4"]
+
+    x_tr = feats(tr)
+    return {name: cell_accuracies(x_tr, tr.cell_labels, feats(ds), ds.cell_labels, C=cfg.probe.C, seed=cfg.seed)
+            for name, ds in (("held_out", te), ("seen", seen))}
 
 
 def cell_accuracies(x_tr: np.ndarray, z_tr: np.ndarray, x_te: np.ndarray, z_te: np.ndarray, *, C: float,
@@ -98,8 +108,10 @@ def supervised(cfg, run_dir: Path) -> dict:
     from ..models import build_encoder
     from ..train import build_encoders
     torch.manual_seed(cfg.seed)
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
     data = build_data(cfg, torch.device("cpu"))
-    f_v = build_encoder("video", "image", d=cfg.model.d, with_fc=cfg.fc != "none", head=cfg.model.head)
+    f_v = build_encoder("video", cfg.model.video, d=cfg.model.d, with_fc=cfg.fc != "none", head=cfg.model.head)
     heads = torch.nn.ModuleList(torch.nn.Linear(f_v.backbone.out_dim, int(n)) for n in data.train.sizes)
     opt = torch.optim.Adam(list(f_v.parameters()) + list(heads.parameters()), lr=cfg.lr)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -122,14 +134,38 @@ def supervised(cfg, run_dir: Path) -> dict:
 
 
 def run_one(s: Settings, zip_path: str, method: str, k: int, seed: int, out: Path) -> dict:
-    from ..train import pretrain
+    """One pretraining + probe, kept in OUT/runs/<method>-k<k>-seed<seed>/result.json: a rerun with
+    the same settings reads it instead of training again (a killed reproduction resumes there, and
+    processes running disjoint methods into one OUT are gathered by a last run over all of them)."""
     cfg = run_config(s, zip_path, method, k, seed)
     run_dir = out / "runs" / f"{method}-k{k}-seed{seed}"
+    return cached(run_dir, cfg, lambda: _train_and_probe(cfg, method, run_dir))
+
+
+def cached(run_dir: Path, cfg, compute) -> dict:
+    """``compute()``'s result, stored in run_dir/result.json with the run's resolved config; reused
+    when the config is the same, recomputed in a fresh folder otherwise (or after a killed run)."""
+    import shutil
+    path = run_dir / "result.json"
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("config") == cfg.to_dict():
+            return stored["result"]
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    result = compute()
+    write_atomic(path, json.dumps({"config": cfg.to_dict(), "result": result}, indent=1))
+    return result
+
+
+def _train_and_probe(cfg, method: str, run_dir: Path) -> dict:
+    from ..train import pretrain
     t0 = time.perf_counter()
     summary = supervised(cfg, run_dir) if method == "supervised" else pretrain(cfg, run_dir)
-    per_cell = cell_probe(cfg, run_dir)
+    probes = cell_probe(cfg, run_dir)
     neg = summary["negatives"]
-    return {"accuracy": float(np.mean(per_cell)), "per_cell": per_cell, "false_negatives": neg.get("false_negatives"),
+    return {"accuracy": float(np.mean(probes["held_out"])), "per_cell": probes["held_out"],
+            "accuracy_seen_drawers": float(np.mean(probes["seen"])), "false_negatives": neg.get("false_negatives"),
             "distinct": neg.get("mean_categories"), "final_loss": summary["final_loss"],
             "minutes": (time.perf_counter() - t0) / 60}
 
@@ -143,7 +179,7 @@ def run(zip_path: str, out: Path, s: Settings, quick: bool) -> dict:
         r = run_one(s, zip_path, m, k, seed, out)
         results.setdefault(m, {}).setdefault(str(k), []).append(r["accuracy"])
         per_cell.setdefault(m, {}).setdefault(str(k), []).append(r["per_cell"])
-        for key in ("false_negatives", "distinct", "final_loss"):
+        for key in ("accuracy_seen_drawers", "false_negatives", "distinct", "final_loss"):
             why.setdefault(key, {}).setdefault(m, {}).setdefault(str(k), []).append(r[key])
         minutes.setdefault(m, {}).setdefault(str(k), []).append(r["minutes"])
     res = {"experiment": "mi", "quick": quick,
@@ -181,6 +217,9 @@ def table(res: dict) -> str:
     lines.append(f"{'chance':<16}" + "".join(f"{100 * res['chance'][k]:>13.1f}%" for k in ks))
     lines.append(f"{'e^I / train set':<16}" + "".join(f"{res['settings']['exp_mi_vs_train_size'][k]:>14.3g}"
                                                     for k in ks))
+    lines.append("probe tested on new pairs by the pretraining drawers (no drawer split), mean over seeds:")
+    for m, by_k in res["accuracy_seen_drawers"].items():
+        lines.append(f"{m:<16}" + "".join(f"{100 * np.mean(by_k[k]):>13.1f}%" for k in ks))
     lines.append("false negatives (share of D with the query's z), mean over seeds:")
     for m, by_k in res["false_negatives"].items():
         lines.append(f"{m:<16}" + "".join(f"{np.mean([x for x in by_k[k] if x is not None] or [np.nan]):>14.4f}"

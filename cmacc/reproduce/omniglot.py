@@ -15,7 +15,8 @@ characters -- they never share a cell, so the MI is unchanged; what changes is t
 can mean different labels in different cells. ``alphabets_note`` says which construction ran.
 
 Drawers (20 per character) are split: the first ``train_drawers`` for pretraining and for the
-probe's training set, the rest for the probe's test set. Every pair is fixed by (seed, split,
+probe's training set, the rest for the probe's test set (``probe_test_seen`` draws test pairs by the
+pretraining drawers instead: the protocol without a drawer split). Every pair is fixed by (seed, split,
 index) -- the training set is a fixed set of ``size`` pairs, as in the paper (50K there).
 """
 from __future__ import annotations
@@ -35,7 +36,9 @@ from ..errors import InputError
 
 PAPER_SIZES = (55, 52, 48, 47, 46, 43, 42, 41, 41)  # Tifinagh, Hiragana, Gujarati, Katakana, ...
 CELL, GRID = 32, 3
-SPLITS = {"train": 0, "probe_train": 1, "probe_test": 2}
+# probe_test: held-out drawers; probe_test_seen: new pairs by the pretraining drawers (the protocol
+# without a drawer split: the same glyph images as in training, in new combinations)
+SPLITS = {"train": 0, "probe_train": 1, "probe_test": 2, "probe_test_seen": 3}
 
 
 class OmniglotError(InputError, ValueError):
