@@ -194,48 +194,78 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reproduce(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from .reproduce import mi
-    s = mi.Settings(**(mi.QUICK if args.quick else {}))
-    ints = lambda text, what: tuple(int(x) for x in text.split(","))  # noqa: E731
+def _ints(text: str, flag: str) -> tuple[int, ...]:
     try:
-        if args.chars:
-            s = replace(s, chars=ints(args.chars, "--chars"))
-        if args.seeds:
-            s = replace(s, seeds=ints(args.seeds, "--seeds"))
+        return tuple(int(x) for x in text.split(","))
     except ValueError:
-        raise ConfigError("--chars and --seeds take comma-separated integers") from None
+        raise ConfigError(f"{flag} takes comma-separated integers, got {text!r}") from None
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    """cmacc reproduce mi|ohem|fig2|table1: settings from the defaults (or --quick) and the flags."""
+    from dataclasses import fields, replace
+
+    from .reproduce import fig2, mi, ohem, table1
+    module = {"mi": mi, "ohem": ohem, "fig2": fig2, "table1": table1}[args.experiment]
+    s = module.Settings(**(module.QUICK if args.quick else {}))
+    names = {f.name for f in fields(s)}
+    for flag in ("chars", "seeds", "batches"):
+        if getattr(args, flag, None):
+            value = _ints(getattr(args, flag), "--" + flag)
+            s = replace(s, **{flag: value if args.experiment == "mi" or flag != "chars" else value[0]})
     if args.methods:
         s = replace(s, methods=tuple(args.methods.split(",")))
-    for key in ("steps", "train_size"):
-        if getattr(args, key) is not None:
+    for key in ("steps", "train_size", "samples"):
+        if getattr(args, key, None) is not None and key in names:
             s = replace(s, **{key: getattr(args, key)})
-    s = replace(s, overrides=list(args.set))
-    bad = [k for k in s.chars if not 1 <= k <= 9]
+    s = replace(s, overrides=list(s.overrides) + list(args.set))
+    chars = s.chars if args.experiment == "mi" else (s.chars,) if "chars" in names else ()
+    bad = [k for k in chars if not 1 <= k <= 9]
     if bad:
         raise ConfigError(f"--chars: k must be 1..9 (cells of the 3 x 3 canvas), got {bad}")
-    mi.run_config(s, str(args.omniglot), s.methods[0], s.chars[0], s.seeds[0])  # every key checked before any run
-    mi.run(str(args.omniglot), args.out or Path("reproductions") / ("mi-quick" if args.quick else "mi"), s, args.quick)
+    out = args.out or Path("reproductions") / (args.experiment + ("-quick" if args.quick else ""))
+    if args.experiment == "table1":  # every key checked before any run
+        table1.check(s)
+        table1.run(out, s, args.quick)
+    elif args.experiment == "mi":
+        mi.run_config(s, str(args.omniglot), s.methods[0], s.chars[0], s.seeds[0])
+        mi.run(str(args.omniglot), out, s, args.quick)
+    else:
+        module.check(s, str(args.omniglot))
+        module.run(str(args.omniglot), out, s, args.quick)
     return 0
 
 
 def _add_reproduce(sub) -> None:
-    rp = sub.add_parser("reproduce", help="the paper's claims at laptop scale: mi (Fig. 3a)")
+    rp = sub.add_parser("reproduce", help="the paper's claims at laptop scale: mi (Fig. 3a), ohem (Table 5), "
+                        "fig2 (Fig. 2), table1 (Table 1)")
     rsub = rp.add_subparsers(dest="experiment", required=True)
-    m = rsub.add_parser("mi", help="Spatial-MultiOmniglot: probe accuracy vs number of characters (Fig. 3a)")
-    m.add_argument("--omniglot", type=Path, required=True, help="an Omniglot images_background*.zip")
-    m.add_argument("--quick", action="store_true", help="CI-sized: k = 1, 2; xmoco, cmacc; tiny runs")
-    m.add_argument("--chars", help="comma list of k (default 1..9)")
-    m.add_argument("--methods", help="comma list of --set method= names (default smoco,xmoco,cmacc,random_pool,"
-                   "feature_active)")
-    m.add_argument("--seeds", help="comma list (default 0,1,2)")
-    m.add_argument("--steps", type=int, help="pretraining steps per run (default 300)")
-    m.add_argument("--train-size", type=int, dest="train_size", help="training pairs (default 10000)")
-    m.add_argument("--out", type=Path, help="output folder (default reproductions/mi)")
-    m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config keys for every run")
-    m.set_defaults(func=_reproduce)
+    helps = {"mi": "Spatial-MultiOmniglot: probe accuracy vs number of characters (Fig. 3a)",
+             "ohem": "random vs OHEM vs active negatives at M = 32, 64, 128 on Spatial-MultiOmniglot (Table 5)",
+             "fig2": "distinct classes among each step's negatives: random vs gradient vs feature (Fig. 2)",
+             "table1": "SMoCo, XMoCo w/o fcl, XMoCo, CM-ACC on the built-in data (Table 1)"}
+    defaults = {"mi": "smoco,xmoco,cmacc,random_pool,feature_active", "ohem": "xmoco,random_pool,ohem,cmacc",
+                "fig2": "random_pool,cmacc,feature_active", "table1": "smoco,xmoco_nofcl,xmoco,cmacc"}
+    for name, text in helps.items():
+        m = rsub.add_parser(name, help=text)
+        if name != "table1":
+            m.add_argument("--omniglot", type=Path, required=True, help="an Omniglot images_background*.zip")
+            m.add_argument("--chars", help="comma list of k (default 1..9)" if name == "mi"
+                           else f"used cells k (default {3 if name == 'ohem' else 1})")
+            m.add_argument("--train-size", type=int, dest="train_size", help="training pairs (default 10000)")
+        if name in ("ohem", "fig2"):
+            m.add_argument("--batches", help="comma list of M (default 32,64,128)")
+        if name == "ohem":
+            m.add_argument("--samples", type=int, help="training pairs seen per run: steps = samples / M (9600)")
+        else:
+            m.add_argument("--steps", type=int, help="pretraining steps per run (default %s)"
+                           % {"mi": 300, "fig2": 150, "table1": 360}[name])
+        m.add_argument("--quick", action="store_true", help="CI-sized: two settings, one seed, tiny runs")
+        m.add_argument("--methods", help=f"comma list of --set method= names (default {defaults[name]})")
+        m.add_argument("--seeds", help="comma list (default 0,1,2)")
+        m.add_argument("--out", type=Path, help=f"output folder (default reproductions/{name})")
+        m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config keys for every run")
+        m.set_defaults(func=_reproduce)
 
 
 def _add_eval(sub) -> None:

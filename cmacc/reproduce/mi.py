@@ -12,7 +12,6 @@ dictionary whose latent label z equals the query's: negatives that are really po
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,11 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from .. import provenance
-from ..checkpoint import write_atomic
 from ..config import load_config
+from . import common
 from .omniglot import PAPER_SIZES, mutual_information
 
 METHODS = ("smoco", "xmoco", "cmacc", "random_pool", "feature_active")
@@ -130,71 +127,46 @@ def supervised(cfg, run_dir: Path) -> dict:
     _, f_a = build_encoders(cfg)  # untrained: the probe reads f_v only
     state = {f"{name}.{k}": v for name, f in (("f_v", f_v), ("f_a", f_a)) for k, v in f.state_dict().items()}
     checkpoint.save(run_dir / "checkpoints" / "last.pt", {"step": cfg.steps, "model": state, "config": cfg.to_dict()})
-    return {"final_loss": float(np.mean(losses[-10:])), "negatives": {}}
+    return {"final_loss": float(np.mean(losses[-10:]))}
 
 
-def run_one(s: Settings, zip_path: str, method: str, k: int, seed: int, out: Path) -> dict:
-    """One pretraining + probe, kept in OUT/runs/<method>-k<k>-seed<seed>/result.json: a rerun with
-    the same settings reads it instead of training again (a killed reproduction resumes there, and
-    processes running disjoint methods into one OUT are gathered by a last run over all of them)."""
+def run_one(s: Settings, zip_path: str, method: str, k: int, seed: int, out: Path, name: str = "") -> dict:
+    """One pretraining (or the supervised reference) and its probes, kept in OUT/runs/NAME
+    (default <method>-k<k>-seed<seed>; see common.cached)."""
     cfg = run_config(s, zip_path, method, k, seed)
-    run_dir = out / "runs" / f"{method}-k{k}-seed{seed}"
-    return cached(run_dir, cfg, lambda: _train_and_probe(cfg, method, run_dir))
+    run_dir = out / "runs" / (name or f"{method}-k{k}-seed{seed}")
 
+    def compute() -> dict:
+        t0 = time.perf_counter()
+        if method == "supervised":
+            why = {**supervised(cfg, run_dir), "false_negatives": None, "distinct": None}
+        else:
+            _, why = common.train_summary(cfg, run_dir)
+        probes = cell_probe(cfg, run_dir)
+        return {"accuracy": float(np.mean(probes["held_out"])), "per_cell": probes["held_out"],
+                "accuracy_seen_drawers": float(np.mean(probes["seen"])), **why,
+                "minutes": (time.perf_counter() - t0) / 60}
 
-def cached(run_dir: Path, cfg, compute) -> dict:
-    """``compute()``'s result, stored in run_dir/result.json with the run's resolved config; reused
-    when the config is the same, recomputed in a fresh folder otherwise (or after a killed run)."""
-    import shutil
-    path = run_dir / "result.json"
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored.get("config") == cfg.to_dict():
-            return stored["result"]
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    result = compute()
-    write_atomic(path, json.dumps({"config": cfg.to_dict(), "result": result}, indent=1))
-    return result
-
-
-def _train_and_probe(cfg, method: str, run_dir: Path) -> dict:
-    from ..train import pretrain
-    t0 = time.perf_counter()
-    summary = supervised(cfg, run_dir) if method == "supervised" else pretrain(cfg, run_dir)
-    probes = cell_probe(cfg, run_dir)
-    neg = summary["negatives"]
-    return {"accuracy": float(np.mean(probes["held_out"])), "per_cell": probes["held_out"],
-            "accuracy_seen_drawers": float(np.mean(probes["seen"])), "false_negatives": neg.get("false_negatives"),
-            "distinct": neg.get("mean_categories"), "final_loss": summary["final_loss"],
-            "minutes": (time.perf_counter() - t0) / 60}
+    return common.cached(run_dir, cfg, compute)
 
 
 def run(zip_path: str, out: Path, s: Settings, quick: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    results, why, per_cell, minutes = {}, {}, {}, {}
-    jobs = [(m, k, seed) for m in s.methods for k in s.chars for seed in s.seeds]
     t0 = time.perf_counter()
-    for m, k, seed in tqdm(jobs, desc="mi runs", disable=False):
-        r = run_one(s, zip_path, m, k, seed, out)
-        results.setdefault(m, {}).setdefault(str(k), []).append(r["accuracy"])
-        per_cell.setdefault(m, {}).setdefault(str(k), []).append(r["per_cell"])
-        for key in ("accuracy_seen_drawers", "false_negatives", "distinct", "final_loss"):
-            why.setdefault(key, {}).setdefault(m, {}).setdefault(str(k), []).append(r[key])
-        minutes.setdefault(m, {}).setdefault(str(k), []).append(r["minutes"])
+    jobs = [(m, str(k), seed) for m in s.methods for k in s.chars for seed in s.seeds]
+    got = common.run_grid(jobs, lambda m, k, seed: run_one(s, zip_path, m, int(k), seed, out), "mi runs")
     res = {"experiment": "mi", "quick": quick,
            "settings": {**asdict(s), "zip": str(zip_path), "alphabet_sizes": PAPER_SIZES,
                         "mi_nats": {str(k): mutual_information(PAPER_SIZES, k) for k in s.chars},
                         "exp_mi_vs_train_size": {str(k): math.exp(mutual_information(PAPER_SIZES, k)) / s.train_size
                                                  for k in s.chars},
                         "alphabets": _alphabets_note(zip_path)},
-           "results": results, "per_cell": per_cell, **why, "minutes": minutes,
+           "results": got["accuracy"],
+           **{key: got[key] for key in ("per_cell", "accuracy_seen_drawers", "false_negatives", "distinct",
+                                        "final_loss", "minutes")},
            "chance": {str(k): float(np.mean([1 / n for n in PAPER_SIZES[:k]])) for k in s.chars},
-           "total_minutes": (time.perf_counter() - t0) / 60, "provenance": provenance.collect("cpu")}
-    write_atomic(out / "results.json", json.dumps(res, indent=1))
-    plot(res, out / "mi.png")
-    print(table(res))
-    print(f"wrote {out / 'results.json'} and {out / 'mi.png'}")
+           "total_minutes": (time.perf_counter() - t0) / 60}
+    common.write(out, res, plot, "mi.png", table(res))
     return res
 
 
@@ -203,28 +175,23 @@ def _alphabets_note(zip_path: str) -> str:
     return make_alphabets(read_glyphs(zip_path), PAPER_SIZES, 0)[1]
 
 
-def _ms(xs: list[float]) -> tuple[float, float]:
-    return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
-
-
 def table(res: dict) -> str:
     ks = [str(k) for k in res["settings"]["chars"]]
-    lines = ["probe accuracy (mean over used cells), mean ± std over seeds " + str(res["settings"]["seeds"]),
-             f"{'method':<16}" + "".join(f"{'k=' + k:>14}" for k in ks)]
-    for m, by_k in res["results"].items():
-        lines.append(f"{m:<16}" + "".join("{:>14}".format("%.1f ± %.1f%%" % tuple(100 * v for v in _ms(by_k[k])))
-                                          for k in ks))
-    lines.append(f"{'chance':<16}" + "".join(f"{100 * res['chance'][k]:>13.1f}%" for k in ks))
-    lines.append(f"{'e^I / train set':<16}" + "".join(f"{res['settings']['exp_mi_vs_train_size'][k]:>14.3g}"
-                                                    for k in ks))
-    lines.append("probe tested on new pairs by the pretraining drawers (no drawer split), mean over seeds:")
-    for m, by_k in res["accuracy_seen_drawers"].items():
-        lines.append(f"{m:<16}" + "".join(f"{100 * np.mean(by_k[k]):>13.1f}%" for k in ks))
-    lines.append("false negatives (share of D with the query's z), mean over seeds:")
-    for m, by_k in res["false_negatives"].items():
-        lines.append(f"{m:<16}" + "".join(f"{np.mean([x for x in by_k[k] if x is not None] or [np.nan]):>14.4f}"
-                                          for k in ks))
-    return "\n".join(lines)
+    cols = ["k=" + k for k in ks]
+    relabel = lambda by_m: {m: {"k=" + k: v for k, v in by_k.items()} for m, by_k in by_m.items()}  # noqa: E731
+    mean = lambda fmt: lambda xs: fmt % common.mean_std(xs)[0]  # noqa: E731
+    seeds = res["settings"]["seeds"]
+    return "\n".join([
+        common.grid_table(f"probe accuracy, held-out drawers (mean over used cells), mean ± std over seeds {seeds}",
+                          relabel(res["results"]), cols, common.pct),
+        f"{'chance':<16}" + "".join(f"{100 * res['chance'][k]:>14.1f}%" for k in ks),
+        f"{'e^I / train set':<16}" + "".join(f"{res['settings']['exp_mi_vs_train_size'][k]:>15.3g}" for k in ks),
+        common.grid_table("probe tested on new pairs by the pretraining drawers (no drawer split)",
+                          relabel(res["accuracy_seen_drawers"]), cols, common.pct),
+        common.grid_table("false negatives (share of D with the query's z), mean over seeds",
+                          relabel(res["false_negatives"]), cols, mean("%.4f")),
+        common.grid_table("distinct z among each step's enqueued negatives, mean over seeds",
+                          relabel(res["distinct"]), cols, mean("%.1f"))])
 
 
 def plot(res: dict, path: Path) -> None:
@@ -234,7 +201,7 @@ def plot(res: dict, path: Path) -> None:
     ks = res["settings"]["chars"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for m, by_k in res["results"].items():
-        ms = [_ms(by_k[str(k)]) for k in ks]
+        ms = [common.mean_std(by_k[str(k)]) for k in ks]
         ax.errorbar(ks, [100 * a for a, _ in ms], yerr=[100 * e for _, e in ms], marker="o", capsize=3, label=m)
     ax.plot(ks, [100 * res["chance"][str(k)] for k in ks], "k--", lw=1, label="chance")
     ax.set_xlabel("number of characters k (MI = sum of log l_i)")

@@ -1,0 +1,89 @@
+"""What every reproduction shares: runs kept by config, per-seed statistics, results.json, tables.
+
+A reproduction is a grid of jobs (method x setting x seed). Each job's result is kept in
+OUT/runs/<name>/result.json with the run's resolved config, so a rerun with the same settings reads
+it instead of training again: a killed reproduction resumes at the first missing job, and
+processes running disjoint methods into one OUT are gathered by a last run over all of them.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from .. import provenance
+from ..checkpoint import write_atomic
+
+
+def cached(run_dir: Path, cfg, compute: Callable[[], dict]) -> dict:
+    """``compute()``'s result, stored in run_dir/result.json with the run's resolved config; reused
+    when the config is the same, recomputed in a fresh folder otherwise (or after a killed run)."""
+    path = run_dir / "result.json"
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("config") == cfg.to_dict():
+            return stored["result"]
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    result = compute()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps({"config": cfg.to_dict(), "result": result}, indent=1))
+    return result
+
+
+def run_grid(jobs: list[tuple[str, str, int]], one: Callable[[str, str, int], dict], desc: str) -> dict:
+    """``one(method, setting, seed)`` for every job, with a progress bar. Returns
+    {field: {method: {setting: [per-seed value, in seed order]}}} over the fields the jobs return."""
+    by_field: dict = {}
+    for method, setting, seed in tqdm(jobs, desc=desc):
+        for key, value in one(method, setting, seed).items():
+            by_field.setdefault(key, {}).setdefault(method, {}).setdefault(setting, []).append(value)
+    return by_field
+
+
+def train_summary(cfg, run_dir: Path) -> tuple[dict, dict]:
+    """Pretrain ``cfg`` into run_dir; (summary.json, the "why" numbers of the run): the share of
+    the dictionary with the query's latent label, distinct labels among each step's M enqueued
+    negatives (mean and per step), the final loss and the minutes taken."""
+    from ..train import pretrain
+    t0 = time.perf_counter()
+    summary = pretrain(cfg, run_dir)
+    recs = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    neg = summary["negatives"]
+    return summary, {"false_negatives": neg.get("false_negatives"), "distinct": neg.get("mean_categories"),
+                     "distinct_per_step": [r.get("neg_categories") for r in recs],
+                     "final_loss": summary["final_loss"], "minutes": (time.perf_counter() - t0) / 60}
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    """Mean and sample std (0 for one seed), Nones dropped."""
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return float("nan"), float("nan")
+    return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+
+
+def pct(xs: list[float]) -> str:
+    m, s = mean_std(xs)
+    return f"{100 * m:.1f} ± {100 * s:.1f}%"
+
+
+def grid_table(title: str, by_method: dict, columns: list[str], fmt: Callable[[list], str], width: int = 15) -> str:
+    lines = [title, f"{'method':<16}" + "".join(f"{c:>{width}}" for c in columns)]
+    for m, by_col in by_method.items():
+        lines.append(f"{m:<16}" + "".join(f"{fmt(by_col[c]) if c in by_col else '-':>{width}}" for c in columns))
+    return "\n".join(lines)
+
+
+def write(out: Path, res: dict, plot: Callable[[dict, Path], None], png: str, text: str) -> None:
+    """results.json (with provenance), the PNG, and the table on stdout."""
+    res["provenance"] = provenance.collect("cpu")
+    write_atomic(out / "results.json", json.dumps(res, indent=1))
+    plot(res, out / png)
+    print(text)
+    print(f"wrote {out / 'results.json'} and {out / png}")
