@@ -206,8 +206,10 @@ def _reproduce(args: argparse.Namespace) -> int:
     from dataclasses import fields, replace
 
     from .reproduce import fig2, mi, ohem, table1
-    module = {"mi": mi, "ohem": ohem, "fig2": fig2, "table1": table1}[args.experiment]
-    s = module.Settings(**(module.QUICK if args.quick else {}))
+    module = {"mi": mi, "ohem": ohem, "fig2": fig2, "table1": table1, "avid": table1}[args.experiment]
+    base = (table1.AVID_QUICK if args.quick else {"methods": table1.AVID_METHODS}) if args.experiment == "avid" \
+        else module.QUICK if args.quick else {}
+    s = module.Settings(**base)
     names = {f.name for f in fields(s)}
     for flag in ("chars", "seeds", "batches"):
         if getattr(args, flag, None):
@@ -224,9 +226,11 @@ def _reproduce(args: argparse.Namespace) -> int:
     if bad:
         raise ConfigError(f"--chars: k must be 1..9 (cells of the 3 x 3 canvas), got {bad}")
     out = args.out or Path("reproductions") / (args.experiment + ("-quick" if args.quick else ""))
-    if args.experiment == "table1":  # every key checked before any run
+    if args.experiment in ("table1", "avid"):  # every key checked before any run
+        if args.runs:
+            s = replace(s, runs=str(args.runs))
         table1.check(s)
-        table1.run(out, s, args.quick)
+        table1.run(out, s, args.quick, args.experiment)
     elif args.experiment == "mi":
         mi.run_config(s, str(args.omniglot), s.methods[0], s.chars[0], s.seeds[0])
         mi.run(str(args.omniglot), out, s, args.quick)
@@ -237,18 +241,23 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _add_reproduce(sub) -> None:
-    rp = sub.add_parser("reproduce", help="the paper's claims at laptop scale: mi (Fig. 3a), ohem (Table 5), "
-                        "fig2 (Fig. 2), table1 (Table 1)")
+    rp = sub.add_parser("reproduce", help="the papers' claims at laptop scale: mi (Fig. 3a), ohem (Table 5), "
+                        "fig2 (Fig. 2), table1 (Table 1), avid (AVID's Table 1)")
     rsub = rp.add_subparsers(dest="experiment", required=True)
     helps = {"mi": "Spatial-MultiOmniglot: probe accuracy vs number of characters (Fig. 3a)",
              "ohem": "random vs OHEM vs active negatives at M = 32, 64, 128 on Spatial-MultiOmniglot (Table 5)",
              "fig2": "distinct classes among each step's negatives: random vs gradient vs feature (Fig. 2)",
-             "table1": "SMoCo, XMoCo w/o fcl, XMoCo, CM-ACC on the built-in data (Table 1)"}
+             "table1": "SMoCo, XMoCo w/o fcl, XMoCo, CM-ACC on the built-in data (Table 1)",
+             "avid": "Self- vs Cross- vs Joint-AVID beside xmoco and cmacc on the built-in data (AVID Table 1)"}
     defaults = {"mi": "smoco,xmoco,cmacc,random_pool,feature_active", "ohem": "xmoco,random_pool,ohem,cmacc",
-                "fig2": "random_pool,cmacc,feature_active", "table1": "smoco,xmoco_nofcl,xmoco,cmacc"}
+                "fig2": "random_pool,cmacc,feature_active", "table1": "smoco,xmoco_nofcl,xmoco,cmacc",
+                "avid": "avid_self,avid_cross,avid_joint,xmoco,cmacc"}
     for name, text in helps.items():
         m = rsub.add_parser(name, help=text)
-        if name != "table1":
+        if name in ("table1", "avid"):
+            m.add_argument("--runs", type=Path, help="where runs are kept (default OUT/runs); table1's folder "
+                           "lets avid reuse its xmoco and cmacc runs")
+        else:
             m.add_argument("--omniglot", type=Path, required=True, help="an Omniglot images_background*.zip")
             m.add_argument("--chars", help="comma list of k (default 1..9)" if name == "mi"
                            else f"used cells k (default {3 if name == 'ohem' else 1})")
@@ -259,7 +268,7 @@ def _add_reproduce(sub) -> None:
             m.add_argument("--samples", type=int, help="training pairs seen per run: steps = samples / M (9600)")
         else:
             m.add_argument("--steps", type=int, help="pretraining steps per run (default %s)"
-                           % {"mi": 300, "fig2": 150, "table1": 360}[name])
+                           % {"mi": 300, "fig2": 150, "table1": 360, "avid": 360}[name])
         m.add_argument("--quick", action="store_true", help="CI-sized: two settings, one seed, tiny runs")
         m.add_argument("--methods", help=f"comma list of --set method= names (default {defaults[name]})")
         m.add_argument("--seeds", help="comma list (default 0,1,2)")

@@ -46,6 +46,11 @@ METHODS: dict[str, Method] = {
     "feature_active": Method("cross", "feature", "cross"),  # Fig. 2 "feature embedding"
     "key_gradient_active": Method("cross", "key_gradient", "cross"),  # released code's embedding
     "random_pool": Method("cross", "random", "cross"),  # control: pool + U\D, random picks
+    # AVID (Morgado et al. 2020, Eqs. 1-3) and AVID-CMA: memory banks, NCE (cmacc.avid)
+    "avid_self": Method("self", "bank", "none"),
+    "avid_cross": Method("cross", "bank", "none"),
+    "avid_joint": Method("joint", "bank", "none"),
+    "avid_cma": Method("cma", "bank", "none"),  # starts from an AVID run (init_from)
 }
 POOL_NEGATIVES = ("gradient", "feature", "key_gradient", "ohem", "random")
 
@@ -119,6 +124,30 @@ class SamplerConfig:
 
 
 @dataclass
+class AvidConfig:
+    """AVID's memory-bank methods (method=avid_*; cmacc.avid)."""
+
+    # uniform (AVID: K clips per query, without the clip itself) | gradient | feature | key_gradient |
+    # ohem | random: K clips of each bank picked by cmacc.sampling.select, shared by the batch
+    negatives: str = "uniform"
+    num_negatives: int = 1024  # K negatives per clip (AVID: 1,024)
+    tau: float = 0.07  # NCE temperature
+    momentum: float = 0.5  # bank update: entry <- normalize(mu entry + (1 - mu) embedding)
+    loss: str = "nce"  # nce (Wu et al. 2018; Z from the first batch, then kept) | infonce
+
+
+@dataclass
+class CmaConfig:
+    """Cross-Modal Agreement (method=avid_cma, started with init_from=AVID_RUN)."""
+
+    pos_k: int = 32  # size of each clip's positive set P_i
+    num_positives: int = 8  # positives drawn from P_i per step (AVID-CMA's num_positives)
+    agreement: str = "consensus"  # consensus (min of the banks' similarities) | union (max) | video | audio
+    resample_every: int = 1  # epochs between recomputations of the positive sets
+    within_weight: float = 1.0  # weight of the within-modal positive-set NCE (cross-modal term: 1)
+
+
+@dataclass
 class ProbeConfig:
     enabled: bool = True
     C: float = 1.0  # inverse L2 strength of the logistic-regression probe
@@ -178,10 +207,13 @@ class Config:
     steps: int = 360  # optimisation steps
     queue_init: str = "clips"  # clips: K random clips through h (Alg. 1 l.3-5) | random: noise
     pool_refresh: int = 0  # steps between pool redraws; 0 = once per epoch (Alg. 1 l.7-9)
+    init_from: str = ""  # a run folder whose newest checkpoint starts this run (avid_cma: an AVID run)
     data: DataConfig = field(default_factory=DataConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    avid: AvidConfig = field(default_factory=AvidConfig)
+    cma: CmaConfig = field(default_factory=CmaConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -197,6 +229,11 @@ class Config:
     @property
     def uses_pool(self) -> bool:
         return self.spec.negatives in POOL_NEGATIVES
+
+    @property
+    def uses_bank(self) -> bool:
+        """AVID's memory-bank methods (cmacc.avid) rather than MoCo's queue."""
+        return self.spec.negatives == "bank"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -235,6 +272,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.audio": AUDIO_PRESETS,
     "model.fc": ("method", "cross", "self", "none"),
     "model.head": ("linear", "mlp"),
+    "avid.negatives": ("uniform", "gradient", "feature", "key_gradient", "ohem", "random"),
+    "avid.loss": ("nce", "infonce"),
+    "cma.agreement": ("consensus", "union", "video", "audio"),
     "sampler.first": ("random", "norm"),
     "sampler.backend": ("auto", "torch", "numba", "triton"),
     "run.precision": ("fp32", "bf16", "fp16"),

@@ -15,6 +15,8 @@ def replicated_state(model: CrossModalMoCo, enq_v: torch.Tensor, enq_a: torch.Te
     named = {"picks_v": enq_v, "picks_a": enq_a}
     named.update({f"buffer {k}": v for k, v in model.named_buffers()})  # queues, ids, pointer, pool, BN stats
     for name in ("h_v", "h_a", "f_v", "f_a"):
+        if not hasattr(model, name):  # AVID has no key encoders
+            continue
         named[f"{name} parameters"] = torch.cat([p.detach().reshape(-1) for p in getattr(model, name).parameters()])
     return named
 
@@ -39,7 +41,13 @@ def class_separation(keys: torch.Tensor, labels: torch.Tensor) -> float:
 def false_negative_rate(labels: torch.Tensor, query_ids: torch.Tensor, dict_ids: torch.Tensor) -> float | None:
     """Mean over the queries of the fraction of dictionary entries that share the query's latent
     label: negatives that are really positives (class collisions, Arora et al. 2019). None
-    without labels."""
+    without labels. dict_ids: K ids shared by every query, or one row of ids per query (AVID)."""
+    if dict_ids.dim() == 2:
+        q, d = labels[query_ids.cpu()], labels[dict_ids.cpu()]
+        keep = q >= 0
+        if not keep.any():
+            return None
+        return float((q[keep, None] == d[keep]).float().mean())
     q, d = labels[query_ids.cpu()], labels[dict_ids[dict_ids >= 0].cpu()]
     q, d = q[q >= 0], d[d >= 0]
     if not len(q) or not len(d):

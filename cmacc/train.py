@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from . import checkpoint, cores, dist, provenance, run_folder
 from .allocator import keep_freed_memory
+from .avid import AVID
 from .bn import bn_layout, bn_statistics, sync_batchnorm
 from .config import RECOVERY, Config, ConfigError, changed_keys, dump_yaml
 from .data.build import build_data
@@ -94,13 +95,45 @@ def build_encoders(cfg: Config, seed: int | None = None, bn_splits: int | None =
     return f_v, f_a
 
 
-def build_model(cfg: Config, backend: str, comm: Comm | None = None, bn_splits: int | None = None) -> CrossModalMoCo:
+def build_model(cfg: Config, backend: str, comm: Comm | None = None, bn_splits: int | None = None,
+                n_train: int | None = None) -> CrossModalMoCo | AVID:
+    """The method's model: CrossModalMoCo (moco.py) or, for the memory-bank methods, AVID (avid.py,
+    one bank row per training clip: n_train)."""
     f_v, f_a = build_encoders(cfg, bn_splits=bn_splits)
+    options = SamplerOptions(first=cfg.sampler.first, temperature=cfg.sampler.temperature, backend=backend,
+                             exclude_batch=cfg.sampler.exclude_batch)
+    if cfg.uses_bank:
+        a, c = cfg.avid, cfg.cma
+        return AVID(f_v, f_a, n_train if n_train is not None else cfg.data.train_size, objective=cfg.spec.objective,
+                    K=a.num_negatives, tau=a.tau, momentum=a.momentum, loss=a.loss, negatives=a.negatives,
+                    pos_k=c.pos_k, num_positives=c.num_positives, agreement=c.agreement,
+                    within_weight=c.within_weight, sampler=options, comm=comm, seed=cfg.seed)
     return CrossModalMoCo(
         f_v, f_a, K=cfg.K, M=cfg.M, N=cfg.N, m=cfg.m, tau=cfg.tau, objective=cfg.spec.objective,
-        negatives=cfg.spec.negatives, fc=cfg.fc, shuffle_bn=cfg.model.shuffle_bn, comm=comm,
-        sampler=SamplerOptions(first=cfg.sampler.first, temperature=cfg.sampler.temperature,
-                               backend=backend, exclude_batch=cfg.sampler.exclude_batch))
+        negatives=cfg.spec.negatives, fc=cfg.fc, shuffle_bn=cfg.model.shuffle_bn, comm=comm, sampler=options)
+
+
+def init_from(model, cfg: Config) -> list[str]:
+    """Start from another run (``init_from``): every tensor of its newest intact checkpoint that
+    this model has with the same shape. The encoders must all fit; avid_cma also needs the AVID
+    run's banks and Z (the same training clips). Returns the names taken."""
+    try:
+        _, state, _ = checkpoint.newest_intact(Path(cfg.init_from) / "checkpoints")
+    except checkpoint.CheckpointError as e:
+        raise ConfigError(f"config key 'init_from': {e}") from None
+    own = model.state_dict()
+    taken = {k: v for k, v in state["model"].items() if k in own and own[k].shape == v.shape}
+    need = [k for k in own if k.startswith(("f_v.", "f_a."))]
+    if cfg.spec.objective == "cma":
+        need += ["bank_v", "bank_a", "Z"]
+    missing = [k for k in need if k not in taken]
+    if missing:
+        raise ConfigError(f"config key 'init_from': {cfg.init_from} (method={state['config'].get('method')}) does not "
+                          f"fit this run: {len(missing)} tensor(s) missing or of another shape, e.g. {missing[0]!r}"
+                          + (" (avid_cma needs an AVID run on the same training clips)" if cfg.spec.objective == "cma"
+                             else ""))
+    model.load_state_dict(taken, strict=False)
+    return sorted(taken)
 
 
 @dataclass
@@ -137,7 +170,7 @@ class Pretraining:
         log.info("method=%s device=%s sampler backend=%s world size %d", cfg.method, self.prov["device_name"],
                  self.backend, comm.world)
         self._build_data()
-        self.model = build_model(cfg, self.backend, comm, self.bn_per_rank).to(self.device)
+        self.model = build_model(cfg, self.backend, comm, self.bn_per_rank, self.n_train).to(self.device)
         if self.sync_groups:
             sync_batchnorm(self.model, comm, self.sync_groups)
         self.bn_stats = bn_statistics(self.model)
@@ -230,7 +263,11 @@ class Pretraining:
                 self.ckpt_dir.mkdir(parents=True, exist_ok=True)
                 self.metrics_path.write_text("")
                 self.skips_path.write_text("")
-            if cfg.queue_init == "clips":  # Alg. 1 l.3-5
+            if cfg.init_from:
+                log.info("init_from %s: %d tensors", cfg.init_from, len(init_from(self.model, cfg)))
+            if cfg.spec.objective == "cma":  # positive sets from the AVID run's banks
+                self.model.find_positives()
+            if cfg.queue_init == "clips" and not cfg.uses_bank:  # Alg. 1 l.3-5
                 self.where["where"] = "queue_init"
                 init_queues(self.model, self.feed, cfg, self.n_train, self.amp)
                 c.average_(self.bn_stats)  # each rank's BN statistics saw its share of the K clips
@@ -311,6 +348,10 @@ class Pretraining:
         self.where = {"step": s + 1, "where": "pool"}
         if model.uses_pool and (s % self.refresh_every == 0 or s == self.start_step and int(model.U_ids[0]) < 0):
             rec.update(self._refresh(s // self.refresh_every))
+        if cfg.spec.objective == "cma" and s > 0 and s % (self.spe * cfg.cma.resample_every) == 0:
+            t0 = time.perf_counter()
+            model.find_positives()  # AVID-CMA: positive sets from the banks every resample_every epochs
+            rec["time_positives"] = time.perf_counter() - t0
         self.where["where"] = "batch"
         t0 = time.perf_counter()
         b = next(self.batches)

@@ -11,12 +11,13 @@ TAU = (1e-3, 10.0)  # contrastive and pseudo-posterior temperatures: beyond thes
 LR_MAX = 1.0
 
 
+def need(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {msg}")
+
+
 def validate(cfg: Config) -> None:
     """Raise ConfigError naming the first impossible value."""
-
-    def need(ok: bool, key: str, msg: str) -> None:
-        if not ok:
-            raise ConfigError(f"config key '{key}': {msg}")
 
     flat = flatten(cfg.to_dict())
     for key, choices in CHOICES.items():
@@ -63,8 +64,34 @@ def validate(cfg: Config) -> None:
         need(d.train_size >= cfg.K, "queue_init",
              f"'clips' fills the queue with K={cfg.K} distinct clips but data.train_size={d.train_size}")
     need(cfg.probe.C > 0, "probe.C", f"must be positive, got {cfg.probe.C}")
+    if cfg.uses_bank:
+        _validate_avid(cfg)
     _validate_eval(cfg.eval)
     _validate_run(cfg.run)
+
+
+def _validate_avid(cfg: Config) -> None:
+    a, c, d = cfg.avid, cfg.cma, cfg.data
+    need(TAU[0] <= a.tau <= TAU[1], "avid.tau", f"must lie in [{TAU[0]:g}, {TAU[1]:g}], got {a.tau}")
+    need(0.0 <= a.momentum < 1.0, "avid.momentum", f"must lie in [0, 1), got {a.momentum}")
+    need(a.num_negatives >= 1, "avid.num_negatives", f"must be >= 1, got {a.num_negatives}")
+    cma = cfg.spec.objective == "cma"
+    if d.name in ("synthetic", "omniglot"):
+        left = d.train_size - 1 - (c.pos_k if cma else 0)
+        need(a.num_negatives <= left, "avid.num_negatives",
+             f"{a.num_negatives} negatives per clip need that many other clips; data.train_size={d.train_size} "
+             f"leaves {left}")
+    if cma:
+        need(c.pos_k >= 1, "cma.pos_k", f"must be >= 1, got {c.pos_k}")
+        need(1 <= c.num_positives <= c.pos_k, "cma.num_positives", f"must lie in 1..cma.pos_k={c.pos_k}, "
+             f"got {c.num_positives}")
+        need(c.resample_every >= 1, "cma.resample_every", f"must be >= 1 (epochs), got {c.resample_every}")
+        need(c.within_weight >= 0, "cma.within_weight", f"must be >= 0, got {c.within_weight}")
+        need(bool(cfg.init_from), "init_from", "method=avid_cma starts from an AVID run: set init_from=RUN_DIR "
+             "(a finished `cmacc pretrain --set method=avid_cross` run)")
+    if cfg.init_from:
+        need((Path(cfg.init_from) / "checkpoints").is_dir(), "init_from",
+             f"{cfg.init_from} is not a cmacc run folder (no checkpoints/ in it)")
 
 
 def int_list(text: str, key: str) -> list[int]:
@@ -99,10 +126,6 @@ def _validate_eval(e) -> None:
 
 
 def _validate_data(cfg: Config) -> None:
-    def need(ok: bool, key: str, msg: str) -> None:
-        if not ok:
-            raise ConfigError(f"config key '{key}': {msg}")
-
     d = cfg.data
     need(d.num_classes >= 2, "data.num_classes", f"must be >= 2, got {d.num_classes}")
     need(d.train_size >= cfg.M, "data.train_size",
@@ -145,10 +168,6 @@ def _validate_data(cfg: Config) -> None:
 
 
 def _validate_run(r: RunConfig) -> None:
-    def need(ok: bool, key: str, msg: str) -> None:
-        if not ok:
-            raise ConfigError(f"config key '{key}': {msg}")
-
     need(re.fullmatch(r"auto|cpu|cuda(:\d+)?", r.device) is not None, "run.device",
          f"must be auto, cpu, cuda or cuda:N, got {r.device!r}")
     need(r.threads >= 0, "run.threads", f"must be >= 0, got {r.threads}")

@@ -1,12 +1,10 @@
 """Spatial-MultiOmniglot and `cmacc reproduce mi` (CM-ACC Fig. 3a)."""
-import io
 import json
 import math
-import zipfile
 
 import numpy as np
 import pytest
-from PIL import Image
+from omniglot_zip import omniglot_zip
 
 from cmacc.cli import main
 from cmacc.reproduce import mi
@@ -21,25 +19,9 @@ from cmacc.reproduce.omniglot import (
 )
 
 
-def _zip(path, alphabets=(("Alpha", 40), ("Beta", 30)), drawers=6):
-    """An Omniglot-layout zip of random blob characters: 105 x 105 PNGs, black ink on white."""
-    rng = np.random.default_rng(0)
-    with zipfile.ZipFile(path, "w") as z:
-        for a, n in alphabets:
-            for c in range(n):
-                shape = rng.random((7, 7)) < 0.4
-                for d in range(drawers):
-                    img = np.kron(shape, np.ones((15, 15))) * (rng.random((105, 105)) < 0.95)
-                    buf = io.BytesIO()
-                    Image.fromarray(((1 - img) * 255).astype(np.uint8)).save(buf, format="PNG")
-                    z.writestr(f"images_background_test/{a}/character{c + 1:02d}/{c:04d}_{d + 1:02d}.png",
-                               buf.getvalue())
-    return path
-
-
 @pytest.fixture(scope="module")
 def glyphs(tmp_path_factory):
-    return read_glyphs(_zip(tmp_path_factory.mktemp("omni") / "images_background_t.zip"))
+    return read_glyphs(omniglot_zip(tmp_path_factory.mktemp("omni") / "images_background_t.zip"))
 
 
 def test_y_shows_the_successor_of_x_in_every_used_cell(glyphs):
@@ -82,7 +64,7 @@ def test_drawers_are_disjoint_between_pretraining_and_the_probe_test_set(glyphs)
 
 
 def test_real_alphabets_are_used_when_large_enough(tmp_path):
-    g = read_glyphs(_zip(tmp_path / "big.zip", alphabets=(("A", 5), ("B", 4), ("C", 3)), drawers=6))
+    g = read_glyphs(omniglot_zip(tmp_path / "big.zip", alphabets=(("A", 5), ("B", 4), ("C", 3)), drawers=6))
     alphabets, how = make_alphabets(g, (4, 3), 0)
     assert "largest alphabets" in how
     assert {g.alphabets[c] for c in alphabets[0]} == {"A"} and {g.alphabets[c] for c in alphabets[1]} == {"B"}
@@ -110,7 +92,7 @@ def test_cell_probe_on_a_separable_case():
 
 
 def test_quick_reproduction_writes_results(glyphs, tmp_path):
-    zp = _zip(tmp_path / "images_background_q.zip", alphabets=(("Alpha", 60),), drawers=20)
+    zp = omniglot_zip(tmp_path / "images_background_q.zip", alphabets=(("Alpha", 60),), drawers=20)
     assert main(["reproduce", "mi", "--omniglot", str(zp), "--quick", "--out", str(tmp_path / "o")]) == 0
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert res["experiment"] == "mi" and set(res["results"]) == {"xmoco", "cmacc"}
@@ -125,7 +107,7 @@ def test_quick_reproduction_writes_results(glyphs, tmp_path):
 
 def test_supervised_reference_learns_the_cells(tmp_path):
     """The ceiling row trains the x-encoder on z: on an easy set-up its probe beats chance by far."""
-    zp = _zip(tmp_path / "images_background_s.zip", alphabets=(("Alpha", 60),), drawers=20)
+    zp = omniglot_zip(tmp_path / "images_background_s.zip", alphabets=(("Alpha", 60),), drawers=20)
     s = mi.Settings(**{**mi.QUICK, "steps": 40, "train_size": 600})
     r = mi.run_one(s, str(zp), "supervised", 1, 0, tmp_path / "o")
     assert r["accuracy"] > 5 / 55 and r["false_negatives"] is None

@@ -43,7 +43,7 @@ def build_data(cfg: Config, device: torch.device, out: Path | None = None, scan:
     """The run's datasets. ``scan``: scan records to use instead of data.scan or a fresh scan
     (ranks other than 0 get rank 0's)."""
     d = cfg.data
-    views = 2 if cfg.spec.objective == "self" else 1
+    views = 2 if cfg.spec.objective == "self" and not cfg.uses_bank else 1  # Self-AVID's positive is its bank entry
     if d.name == "synthetic":
         common = dict(num_classes=d.num_classes, seed=cfg.seed, frames=d.frames, crop=d.size,
                       mel_bands=d.mel_bands, audio_frames=d.audio_frames or 4 * d.frames, nuisance=d.nuisance)

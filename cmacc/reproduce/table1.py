@@ -1,11 +1,17 @@
 """``cmacc reproduce table1`` -- CM-ACC Table 1 on the built-in data: unimodal vs cross-modal, the
-extra FC layer, random vs active negatives.
+extra FC layer, random vs active negatives; ``cmacc reproduce avid`` -- AVID's Table 1 (Self vs
+Cross vs Joint) beside xmoco and cmacc, on the same runner.
 
 Rows: SMoCo (two unimodal MoCo's), XMoCo w/o fcl, XMoCo, CM-ACC, each ``cmacc pretrain --set
 method=NAME`` with the CPU defaults otherwise (the built-in synthetic videos, 32 latent classes),
 scored by the run's own linear probes (video and audio, held-out clips). The paper fine-tunes on
 UCF101 / HMDB51 / ESC50 after Kinetics-Sound pretraining; the claims tested are its orderings:
 (4) > (3), (5) > (4), (6) > (5). The random-init probe of every run is the "Scratch" reference.
+AVID's claim (Morgado et al. 2020, Table 1, linear probes after AudioSet-100K pretraining): Cross-AVID
+beats Self-AVID and Joint-AVID in both modalities.
+
+Runs are kept in RUNS (default OUT/runs) by config, so ``--runs`` pointed at table1's folder lets
+``reproduce avid`` reuse its xmoco and cmacc runs.
 """
 from __future__ import annotations
 
@@ -23,6 +29,10 @@ PAPER = {  # Table 1, top-1 %: UCF101, HMDB51, ESC50
     "columns": ("ucf101", "hmdb51", "esc50"),
     "smoco": (70.7, 35.2, 69.0), "xmoco_nofcl": (72.9, 37.5, 70.9), "xmoco": (74.1, 38.7, 73.0),
     "cmacc": (77.2, 40.6, 79.2)}
+AVID_METHODS = ("avid_self", "avid_cross", "avid_joint", "xmoco", "cmacc")
+AVID_PAPER = {  # AVID Table 1, best block, linear probes: Kinetics (video), ESC (audio)
+    "columns": ("kinetics", "esc"),
+    "avid_cross": (39.95, 75.05), "avid_self": (32.08, 72.64), "avid_joint": (33.04, 71.77)}
 
 
 @dataclass
@@ -31,12 +41,14 @@ class Settings:
     seeds: tuple[int, ...] = (0, 1, 2)
     steps: int = 360  # the CPU default run
     overrides: list[str] = field(default_factory=list)
+    runs: str = ""  # where runs are kept (default OUT/runs)
 
 
 QUICK = dict(methods=("xmoco", "cmacc"), seeds=(0,), steps=6,
              overrides=["data.num_classes=8", "data.train_size=96", "data.probe_train_size=32",
                         "data.probe_test_size=32", "data.frames=4", "data.size=16", "data.audio_frames=8", "M=8",
-                        "K=16", "N=48", "warmup_steps=2"])
+                        "K=16", "N=48", "warmup_steps=2", "avid.num_negatives=32"])
+AVID_QUICK = {**QUICK, "methods": ("avid_self", "avid_cross")}
 
 
 def run_config(s: Settings, method: str, seed: int):
@@ -52,7 +64,7 @@ def check(s: Settings) -> None:
 
 def run_one(s: Settings, method: str, seed: int, out: Path) -> dict:
     cfg = run_config(s, method, seed)
-    run_dir = out / "runs" / f"{method}-seed{seed}"
+    run_dir = (Path(s.runs) if s.runs else out / "runs") / f"{method}-seed{seed}"
 
     def compute() -> dict:
         summary, why = common.train_summary(cfg, run_dir)
@@ -64,27 +76,31 @@ def run_one(s: Settings, method: str, seed: int, out: Path) -> dict:
     return common.cached(run_dir, cfg, compute)
 
 
-def run(out: Path, s: Settings, quick: bool) -> dict:
+def run(out: Path, s: Settings, quick: bool, experiment: str = "table1") -> dict:
+    """experiment: "table1" (CM-ACC Table 1) or "avid" (AVID's Table 1): the paper numbers and names."""
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     jobs = [(m, "run", seed) for m in s.methods for seed in s.seeds]
-    got = common.run_grid(jobs, lambda m, _, seed: run_one(s, m, seed, out), "table1 runs")
+    got = common.run_grid(jobs, lambda m, _, seed: run_one(s, m, seed, out), f"{experiment} runs")
     flat = {key: {m: v["run"] for m, v in by_m.items()} for key, by_m in got.items()}
     results = {m: {mod: flat[mod][m] for mod in ("video", "audio")} for m in s.methods}
     random_init = {mod: [x for m in s.methods for x in flat[f"random_init_{mod}"][m]] for mod in ("video", "audio")}
-    res = {"experiment": "table1", "quick": quick, "settings": asdict(s), "results": results,
+    res = {"experiment": experiment, "quick": quick, "settings": asdict(s), "results": results,
            "random_init": random_init,
            **{key: flat[key] for key in ("false_negatives", "distinct", "final_loss", "minutes")},
-           "chance": float(np.mean(flat["chance"][s.methods[0]])), "paper": PAPER,
+           "chance": float(np.mean(flat["chance"][s.methods[0]])),
+           "paper": PAPER if experiment == "table1" else AVID_PAPER,
            "total_minutes": (time.perf_counter() - t0) / 60}
-    common.write(out, res, plot, "table1.png", table(res))
+    common.write(out, res, plot, f"{experiment}.png", table(res))
     return res
 
 
 def table(res: dict) -> str:
     rows = dict(res["results"], random_init=res["random_init"])
     mean = lambda fmt: lambda xs: fmt % common.mean_std(xs)[0]  # noqa: E731
-    paper = ["paper, UCF101 / HMDB51 / ESC50 fine-tuning (Table 1):"] + [
+    what = {"table1": "CM-ACC Table 1, UCF101 / HMDB51 / ESC50 fine-tuning",
+            "avid": "AVID Table 1, best-block linear probes, Kinetics / ESC"}[res["experiment"]]
+    paper = [f"paper ({what}):"] + [
         f"{m:<16}" + "".join(f"{v:>10.1f}" for v in res["paper"][m]) for m in res["results"] if m in res["paper"]]
     return "\n".join([
         common.grid_table(f"linear probe accuracy on the built-in data, mean ± std over seeds "
@@ -110,7 +126,8 @@ def plot(res: dict, path: Path) -> None:
     ax.axhline(100 * res["chance"], color="k", ls="--", lw=1, label="chance")
     ax.set_xticks(range(len(rows)), list(rows), fontsize=8)
     ax.set_ylabel("linear probe accuracy (%)")
-    ax.set_title(f"CM-ACC Table 1 on the built-in data, {len(res['settings']['seeds'])} seeds, "
+    paper = "CM-ACC" if res["experiment"] == "table1" else "AVID"
+    ax.set_title(f"{paper} Table 1 on the built-in data, {len(res['settings']['seeds'])} seeds, "
                  f"{res['settings']['steps']} steps", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()

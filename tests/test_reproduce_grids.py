@@ -1,0 +1,125 @@
+"""`cmacc reproduce ohem | fig2 | table1` and the runner they share (runs kept by config)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from omniglot_zip import omniglot_zip
+
+from cmacc.cli import main
+from cmacc.models import build_encoder
+from cmacc.models.blocks import pooled_stages
+from cmacc.reproduce import common, fig2, table1
+
+
+@pytest.fixture(scope="module")
+def zp(tmp_path_factory):
+    return str(omniglot_zip(tmp_path_factory.mktemp("omni") / "images_background_g.zip",
+                            alphabets=(("Alpha", 60),), drawers=20))
+
+
+def _results(out):
+    res = json.loads((out / "results.json").read_text())
+    assert {"git", "versions"} <= set(res["provenance"]) and "settings" in res
+    return res
+
+
+def test_ohem_writes_table5_per_batch_size(zp, tmp_path):
+    out = tmp_path / "o"
+    assert main(["reproduce", "ohem", "--omniglot", zp, "--quick", "--batches", "8,16", "--chars", "1",
+                 "--methods", "random_pool,ohem", "--out", str(out)]) == 0
+    res = _results(out)
+    assert res["experiment"] == "ohem" and set(res["results"]) == {"random_pool", "ohem"}
+    assert res["settings"]["per_batch"] == {"8": {"steps": 12, "M": 8, "K": 32, "N": 64},
+                                            "16": {"steps": 6, "M": 16, "K": 64, "N": 128}}
+    for m in ("random_pool", "ohem"):
+        for M in ("8", "16"):
+            assert len(res["results"][m][M]) == 1 and 0 <= res["results"][m][M][0] <= 1
+            assert 0 <= res["false_negatives"][m][M][0] <= 1 and 1 <= res["distinct"][m][M][0] <= int(M)
+    assert res["chance"] == pytest.approx(1 / 55) and (out / "ohem.png").stat().st_size > 1000
+
+
+def test_fig2_logs_distinct_classes_per_step(zp, tmp_path):
+    out = tmp_path / "o"
+    assert main(["reproduce", "fig2", "--omniglot", zp, "--quick", "--batches", "8", "--steps", "4",
+                 "--out", str(out)]) == 0
+    res = _results(out)
+    assert res["experiment"] == "fig2" and set(res["results"]) == {"random_pool", "cmacc"}
+    for m in ("random_pool", "cmacc"):
+        curve = res["distinct_per_step"][m]["8"][0]
+        assert len(curve) == 4 and all(1 <= c <= 8 for c in curve)
+        assert res["distinct"][m]["8"][0] == pytest.approx(np.mean(curve))
+    assert res["uniform_expectation"]["8"] == pytest.approx(fig2.uniform_expectation(55, 8))
+    assert (out / "fig2.png").stat().st_size > 1000
+
+
+def test_uniform_expectation_matches_simulation():
+    rng = np.random.default_rng(0)
+    draws = rng.integers(0, 55, (20000, 32))
+    simulated = np.mean([len(set(r)) for r in draws])
+    assert fig2.uniform_expectation(55, 32) == pytest.approx(simulated, abs=0.05)
+    assert fig2.uniform_expectation(55, 1) == pytest.approx(1.0)
+
+
+def test_table1_reads_the_probes_and_reuses_kept_runs(tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    assert main(["reproduce", "table1", "--quick", "--seeds", "0,1", "--out", str(out)]) == 0
+    res = _results(out)
+    assert set(res["results"]) == {"xmoco", "cmacc"} and len(res["random_init"]["video"]) == 4
+    for m in ("xmoco", "cmacc"):
+        assert all(len(res["results"][m][mod]) == 2 for mod in ("video", "audio"))
+    summary = json.loads((out / "runs" / "cmacc-seed1" / "summary.json").read_text())
+    assert res["results"]["cmacc"]["audio"][1] == pytest.approx(summary["probe"]["audio"]["pretrained"] / 100)
+    assert summary["config"]["seed"] == 1 and summary["config"]["method"] == "cmacc"
+
+    def no_training(*a, **k):
+        raise AssertionError("a kept run was trained again")
+
+    monkeypatch.setattr(common, "train_summary", no_training)  # same settings: everything is read back
+    assert main(["reproduce", "table1", "--quick", "--seeds", "0,1", "--out", str(out)]) == 0
+    assert _results(out)["results"] == res["results"]
+    with pytest.raises(AssertionError, match="trained again"):  # another config is not mistaken for it
+        table1.run(out, table1.Settings(**{**table1.QUICK, "steps": 5}), True)
+
+
+def test_a_killed_run_is_redone_in_a_fresh_folder(tmp_path):
+    from cmacc.config import load_config
+    cfg = load_config(overrides=["seed=3"])
+    run_dir = tmp_path / "r"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "stale.txt").write_text("half a run")
+    assert common.cached(run_dir, cfg, lambda: {"a": 1}) == {"a": 1}
+    assert not (run_dir / "stale.txt").exists()
+    assert common.cached(run_dir, cfg, lambda: {"a": 2}) == {"a": 1}  # kept
+    assert common.cached(run_dir, load_config(overrides=["seed=4"]), lambda: {"a": 2}) == {"a": 2}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ohem", "--chars", "10"], "--chars"), (["fig2", "--batches", "8,x"], "--batches"),
+    (["ohem", "--methods", "nope"], "method"), (["mi", "--seeds", "a"], "--seeds")])
+def test_bad_reproduce_flags_are_named(zp, tmp_path, capsys, argv, message):
+    assert main(["reproduce", *argv, "--omniglot", zp, "--quick", "--out", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_cell_pooled_image_encoder_keeps_where_things_are():
+    """image_cells pools the last 3 x 3 map per cell: its features are the per-cell averages of the
+    global features' map (at 96 px the map is 3 x 3: one position per cell), so the global pool is
+    their mean."""
+    torch.manual_seed(0)
+    cells = build_encoder("video", "image_cells", d=16).eval()
+    x = torch.zeros(2, 1, 1, 96, 96)
+    x[0, 0, 0, 8:24, 8:24] = 1  # cell 0
+    x[1, 0, 0, 40:56, 40:56] = 1  # cell 4 (centre)
+    with torch.no_grad():
+        f = cells.features(x)
+        stages = pooled_stages(cells.backbone, x)
+        backbone = cells.backbone
+        h = backbone.layers(backbone.stem(backbone.as_input(x)))
+    assert f.shape == (2, 128 * 9) and cells.backbone.out_dim == 128 * 9
+    torch.testing.assert_close(stages["layer4"], f)  # the last stage is what the backbone returns
+    torch.testing.assert_close(f.view(2, 128, 9).mean(2), h.flatten(2).mean(2))
+    assert stages["layer3"].shape == (2, 64)  # earlier stages: global averages
+    assert h.shape[2:] == (3, 3)  # one map position per 32-px cell: the features are the map itself
+    torch.testing.assert_close(f, h.flatten(1))
