@@ -32,6 +32,7 @@ def class_separation(keys: torch.Tensor, labels: torch.Tensor) -> float:
     than random draws when this is high."""
     labels = labels.to(keys.device)
     keys, labels = keys[labels >= 0], labels[labels >= 0]
+    _, labels = torch.unique(labels, return_inverse=True)  # sparse ids (Omniglot tuples: up to 55^k) -> 0..C-1
     C = int(labels.max()) + 1
     cen = torch.zeros(C, keys.shape[1], device=keys.device, dtype=keys.dtype).index_add_(0, labels, keys)
     pred = (keys @ torch.nn.functional.normalize(cen, dim=1).T).argmax(1)

@@ -123,3 +123,14 @@ def test_cell_pooled_image_encoder_keeps_where_things_are():
     assert stages["layer3"].shape == (2, 64)  # earlier stages: global averages
     assert h.shape[2:] == (3, 3)  # one map position per 32-px cell: the features are the map itself
     torch.testing.assert_close(f, h.flatten(1))
+
+
+def test_class_separation_with_sparse_label_ids():
+    """Omniglot's latent ids are tuples in mixed radix (up to 55^9): centroids are per present id."""
+    from cmacc.diagnostics import class_separation
+    g = torch.Generator().manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=1)
+    labels = torch.tensor([0, 1, 2] * 10)
+    keys = torch.nn.functional.normalize(centres[labels] + 0.05 * torch.randn(30, 8, generator=g), dim=1)
+    sparse = torch.tensor([5, 10**15, 7 * 10**14])[labels]  # 10^15 classes would not fit as dense centroids
+    assert class_separation(keys, sparse) == class_separation(keys, labels) == 100.0

@@ -26,7 +26,7 @@ def cached(run_dir: Path, cfg, compute: Callable[[], dict]) -> dict:
     path = run_dir / "result.json"
     if path.is_file():
         stored = json.loads(path.read_text())
-        if stored.get("config") == cfg.to_dict():
+        if same_config(stored.get("config") or {}, cfg.to_dict()):
             return stored["result"]
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -34,6 +34,16 @@ def cached(run_dir: Path, cfg, compute: Callable[[], dict]) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps({"config": cfg.to_dict(), "result": result}, indent=1))
     return result
+
+
+def same_config(stored: dict, current: dict) -> bool:
+    """The stored run's config is this one. A key the stored config lacks (an option added since)
+    matches when the current value is that option's default: the run behaved as the default does."""
+    from ..config import Config, flatten
+    as_json = lambda d: flatten(json.loads(json.dumps(d)))  # noqa: E731  (tuples -> lists, as stored)
+    a, b, default = flatten(stored), as_json(current), as_json(Config().to_dict())
+    return all(k in b and b[k] == v for k, v in a.items()) and \
+        all(k in a or (k in default and default[k] == v) for k, v in b.items())
 
 
 def run_grid(jobs: list[tuple[str, str, int]], one: Callable[[str, str, int], dict], desc: str) -> dict:
