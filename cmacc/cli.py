@@ -30,8 +30,10 @@ def _pretrain(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path("runs") / f"{cfg.method}-{stamp}"
         if comm.is_main:
             world = f" on {comm.world} ranks ({cfg.M // comm.world} clips each)" if comm.distributed else ""
-            print(f"cmacc pretrain: method={cfg.method} M={cfg.M} K={cfg.K} N={cfg.N} m={cfg.m} tau={cfg.tau} "
-                  f"steps={cfg.steps}{world} -> {out}", file=sys.stderr)
+            a = cfg.avid
+            sizes = (f"M={cfg.M} K={a.num_negatives} per clip ({a.negatives}) tau={a.tau} bank mu={a.momentum} "
+                     f"loss={a.loss}" if cfg.uses_bank else f"M={cfg.M} K={cfg.K} N={cfg.N} m={cfg.m} tau={cfg.tau}")
+            print(f"cmacc pretrain: method={cfg.method} {sizes} steps={cfg.steps}{world} -> {out}", file=sys.stderr)
         try:
             summary = pretrain(cfg, out, resume=args.resume, comm=comm)
         except (Diverged, dist.CommError) as e:

@@ -134,6 +134,10 @@ class AvidConfig:
     tau: float = 0.07  # NCE temperature
     momentum: float = 0.5  # bank update: entry <- normalize(mu entry + (1 - mu) embedding)
     loss: str = "nce"  # nce (Wu et al. 2018; Z from the first batch, then kept) | infonce
+    # encode: every clip through the initial f_v, f_a, so the first epoch's positives are the clip's
+    # own embedding rather than noise (the CPU default: a few epochs); random: unit Gaussian vectors
+    # (AVID's code, hundreds of epochs; the paper preset). README, "AVID".
+    bank_init: str = "encode"
 
 
 @dataclass
@@ -249,7 +253,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "warmup_steps": 500, "lr_schedule": "constant", "weight_decay": 0.0, "steps": 100000,
         "model.video": "r18", "model.audio": "r18", "model.bn_splits": 4,
         "data.frames": 16, "data.size": 224, "data.audio_frames": 64,
-        "data.train_size": 240000, "data.num_workers": 8, "run.checkpoint_every": 1000,
+        "data.train_size": 240000, "data.num_workers": 8, "run.checkpoint_every": 1000, "avid.bank_init": "random",
         "run.keep_checkpoints": 3, "run.deterministic": False,
         "run.device": "cuda",  # 3D-ResNet-18 at 224 px: GPUs; --set run.device=cpu to insist
     },
@@ -274,6 +278,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.head": ("linear", "mlp"),
     "avid.negatives": ("uniform", "gradient", "feature", "key_gradient", "ohem", "random"),
     "avid.loss": ("nce", "infonce"),
+    "avid.bank_init": ("random", "encode"),
     "cma.agreement": ("consensus", "union", "video", "audio"),
     "sampler.first": ("random", "norm"),
     "sampler.backend": ("auto", "torch", "numba", "triton"),

@@ -122,19 +122,31 @@ Amp = Callable[[], AbstractContextManager]
 
 @torch.no_grad()
 def encode_keys(model, feed: Feed, ids: torch.Tensor, tag: str, round_: int, cfg: Config,
-                amp: Amp) -> tuple[torch.Tensor, torch.Tensor]:
+                amp: Amp, encoders=None) -> tuple[torch.Tensor, torch.Tensor]:
     """h_v(v_n), h_a(a_n) of clips ``ids`` (a multiple of M) on every rank, fp32.
 
     Encoded in global mini-batches of M with train-mode BN, as keys are; each rank encodes its
-    share of every mini-batch, so the BN groups are those of one process with bn_splits groups."""
+    share of every mini-batch, so the BN groups are those of one process with bn_splits groups.
+    encoders: (video, audio) encoders other than the key encoders (AVID's bank_init=encode)."""
     c = model.comm
+    e_v, e_a = encoders or (model.h_v, model.h_a)
     reqs = [ClipRequest(int(i), round_, tag) for i in ids]
     kv, ka = [], []
     for b in feed([c.shard(reqs[i:i + cfg.M]) for i in range(0, len(reqs), cfg.M)]):
-        with amp():
-            kv.append(model.h_v(b["video"].to(feed.device, non_blocking=True)).float())
-            ka.append(model.h_a(b["audio"].to(feed.device, non_blocking=True)).float())
+        with amp(), torch.no_grad():
+            kv.append(e_v(b["video"].to(feed.device, non_blocking=True)).float())
+            ka.append(e_a(b["audio"].to(feed.device, non_blocking=True)).float())
     return c.gather(torch.cat(kv)), c.gather(torch.cat(ka))  # local row j -> global j W + r
+
+
+def init_banks(model, feed: Feed, cfg: Config, n_train: int, amp: Amp) -> None:
+    """AVID with avid.bank_init=encode: every clip's bank entries <- f_v(v_n), f_a(a_n) of the
+    initial encoders (instead of random vectors), in mini-batches of M (the last one padded)."""
+    n_pad = -n_train % cfg.M
+    ids = torch.cat([torch.arange(n_train), torch.arange(n_pad)])
+    kv, ka = encode_keys(model, feed, ids, "bank", 0, cfg, amp, encoders=(model.f_v, model.f_a))
+    model.bank_v.copy_(kv[:n_train])
+    model.bank_a.copy_(ka[:n_train])
 
 
 class PickEncoder:

@@ -44,7 +44,7 @@ from .config import RECOVERY, Config, ConfigError, changed_keys, dump_yaml
 from .data.build import build_data
 from .diagnostics import class_separation, count_categories, false_negative_rate, ids_digest, replicated_state
 from .dist import Comm
-from .feed import STEP, Feed, PickEncoder, StepBatches, generator, init_queues, refresh_pool
+from .feed import STEP, Feed, PickEncoder, StepBatches, generator, init_banks, init_queues, refresh_pool
 from .health import CollapseWatch, all_finite, non_finite_names
 from .moco import CrossModalMoCo, SamplerOptions
 from .models import build_encoder
@@ -265,6 +265,10 @@ class Pretraining:
                 self.skips_path.write_text("")
             if cfg.init_from:
                 log.info("init_from %s: %d tensors", cfg.init_from, len(init_from(self.model, cfg)))
+            if cfg.uses_bank and cfg.avid.bank_init == "encode" and not cfg.init_from:
+                self.where["where"] = "bank_init"
+                init_banks(self.model, self.feed, cfg, self.n_train, self.amp)
+                c.average_(self.bn_stats)
             if cfg.spec.objective == "cma":  # positive sets from the AVID run's banks
                 self.model.find_positives()
             if cfg.queue_init == "clips" and not cfg.uses_bank:  # Alg. 1 l.3-5

@@ -207,3 +207,27 @@ def test_cma_needs_an_avid_run(tmp_path):
     pretrain(load_config(overrides=TINY + ["method=xmoco", "steps=2", "probe.enabled=false"]), tmp_path / "moco")
     with pytest.raises(ConfigError, match="bank_v|does not fit"):
         pretrain(tiny("method=avid_cma", f"init_from={tmp_path / 'moco'}"), tmp_path / "cma")
+
+
+@pytest.mark.parametrize("how", ["encode", "random"])
+def test_bank_init(tmp_path, how):
+    """encode: before any update, every bank row is the initial encoders' embedding of its clip
+    (train-mode BN over mini-batches of M, as the run encodes them); random: unit Gaussian rows."""
+    from cmacc.data import ClipRequest
+    from cmacc.data.build import build_data
+    from cmacc.train import build_encoders
+    cfg = tiny("method=avid_cross", f"avid.bank_init={how}", "steps=1", "run.keep_checkpoints=3")
+    pretrain(cfg, tmp_path / "r")
+    bank = torch.load(tmp_path / "r" / "checkpoints" / "step_00000000.pt", weights_only=False)["model"]
+    torch.testing.assert_close(bank["bank_v"].norm(dim=1), torch.ones(96))
+    f_v, f_a = build_encoders(cfg)
+    data = build_data(cfg, torch.device("cpu")).train
+    items = [data[ClipRequest(i, 0, "bank")] for i in range(16)]  # the first two mini-batches of M=8
+    with torch.no_grad():
+        want_v = torch.cat([f_v(torch.stack([it["video"] for it in items[j:j + 8]])) for j in (0, 8)])
+        want_a = torch.cat([f_a(torch.stack([it["audio"] for it in items[j:j + 8]])) for j in (0, 8)])
+    if how == "encode":
+        torch.testing.assert_close(bank["bank_v"][:16], want_v, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(bank["bank_a"][:16], want_a, rtol=1e-4, atol=1e-5)
+    else:
+        assert float((bank["bank_v"][:16] * want_v).sum(1).abs().mean()) < 0.5  # unrelated to the clips

@@ -102,13 +102,13 @@ def test_cross_rank_shuffle_reproduces_single_process_split_bn(tmp_path, bn_spli
 
 # ---- end to end through the CLI ----
 @pytest.mark.slow
-@pytest.mark.parametrize("method,how", [("cmacc", "env"), ("xmoco", "slurm")])
+@pytest.mark.parametrize("method,how", [("cmacc", "env"), ("xmoco", "slurm"), ("avid_joint", "env")])
 def test_two_ranks_reproduce_one_process(tmp_path, method, how):
     """2 ranks x M/2 == 1 process x M with model.bn_splits=2: losses within 1e-4 (relative), the
     same enqueued clips at every step, every parameter tensor within 1e-3 (relative norm) after
-    6 steps; and every rank holds
-    bitwise the same picks, queues, pool and encoders at every step (run.check_sync_every=1)."""
-    sets = EQUIV + [f"method={method}"]
+    6 steps; and every rank holds bitwise the same picks, queues, pool and encoders -- or, for
+    AVID, the same memory banks and Z -- at every step (run.check_sync_every=1)."""
+    sets = EQUIV + [f"method={method}", "avid.num_negatives=24"]
     one = subprocess.run(cli(tmp_path / "one", sets), capture_output=True, text=True, timeout=180)
     assert one.returncode == 0, one.stderr
     res = run(cli(tmp_path / "two", sets + ["run.check_sync_every=1"]), 2, tmp_path, how=how)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-TAGS = {"train": 0, "pool": 1, "queue": 2, "eval": 3}  # independent augmentation streams
+TAGS = {"train": 0, "pool": 1, "queue": 2, "eval": 3, "bank": 4}  # independent augmentation streams (bank: AVID bank_init=encode)
 
 
 @dataclass(frozen=True)
@@ -12,6 +12,6 @@ class ClipRequest:
 
     index: int
     epoch: int = 0
-    tag: str = "train"  # train | pool | queue: random augmentation;  eval: deterministic
+    tag: str = "train"  # train | pool | queue | bank: random augmentation;  eval: deterministic
     modality: str | None = None  # "video" or "audio" to produce only that stream
     clip: int = 0  # eval: which of the uniformly spaced clips
