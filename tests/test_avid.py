@@ -231,3 +231,34 @@ def test_bank_init(tmp_path, how):
         torch.testing.assert_close(bank["bank_a"][:16], want_a, rtol=1e-4, atol=1e-5)
     else:
         assert float((bank["bank_v"][:16] * want_v).sum(1).abs().mean()) < 0.5  # unrelated to the clips
+
+
+def test_an_avid_run_is_evaluated_block_by_block(tmp_path):
+    """AVID's Table 1 is a block-wise linear evaluation: `cmacc eval` reads an AVID run's encoders
+    and reports every stage; its layer4 row is the run's own summary probe."""
+    from cmacc.cli import main
+    summary = pretrain(load_config(overrides=TINY + ["method=avid_self", "avid.num_negatives=24", "steps=3"]),
+                       tmp_path / "run")
+    assert main(["eval", "synthetic", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "ev")]) == 0
+    for mod in ("video", "audio"):
+        res = json.loads((tmp_path / "ev" / f"synthetic_{mod}.json").read_text())
+        assert set(res["stages"]) == {"conv1", "layer1", "layer2", "layer3", "layer4", "embedding"}
+        assert 100 * res["stages"]["layer4"]["mean"] == pytest.approx(summary["probe"][mod]["pretrained"], abs=1e-9)
+
+
+def test_active_negatives_from_the_bank_end_to_end(tmp_path):
+    """avid.negatives=gradient: cmacc.sampling.select over the bank inside training; resumable."""
+    cfg = tiny("method=avid_cross", "avid.negatives=gradient", "avid.num_negatives=16", "steps=6",
+               "run.checkpoint_every=3")
+    pretrain(cfg, tmp_path / "a")
+    steps_a, loss_a = losses(tmp_path / "a")
+    recs = [json.loads(ln) for ln in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["time_sampler"] > 0 for r in recs) and all(0 <= r["false_neg"] <= 1 for r in recs)
+
+    def crash(step, rec):
+        if step == 4:
+            raise Crash
+    with pytest.raises(Crash):
+        pretrain(cfg, tmp_path / "b", on_step=crash)
+    pretrain(cfg, tmp_path / "b", resume=True)
+    assert losses(tmp_path / "b") == (steps_a, loss_a)
