@@ -270,7 +270,7 @@ def _add_reproduce(sub) -> None:
             m.add_argument("--samples", type=int, help="training pairs seen per run: steps = samples / M (9600)")
         else:
             m.add_argument("--steps", type=int, help="pretraining steps per run (default %s)"
-                           % {"mi": 300, "fig2": 150, "table1": 360, "avid": 360}[name])
+                           % {"mi": 300, "fig2": 100, "table1": 360, "avid": 360}[name])
         m.add_argument("--quick", action="store_true", help="CI-sized: two settings, one seed, tiny runs")
         m.add_argument("--methods", help=f"comma list of --set method= names (default {defaults[name]})")
         m.add_argument("--seeds", help="comma list (default 0,1,2)")

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from test_train import TINY, Crash, losses
+from test_train import TINY, Crash, crash_then_resume, losses
 
 from cmacc.avid import AVID, agreement_topk, draw_outside, infonce_multi, nce
 from cmacc.config import ConfigError, load_config
@@ -254,11 +254,5 @@ def test_active_negatives_from_the_bank_end_to_end(tmp_path):
     steps_a, loss_a = losses(tmp_path / "a")
     recs = [json.loads(ln) for ln in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["time_sampler"] > 0 for r in recs) and all(0 <= r["false_neg"] <= 1 for r in recs)
-
-    def crash(step, rec):
-        if step == 4:
-            raise Crash
-    with pytest.raises(Crash):
-        pretrain(cfg, tmp_path / "b", on_step=crash)
-    pretrain(cfg, tmp_path / "b", resume=True)
+    crash_then_resume(cfg, tmp_path / "b", 4)
     assert losses(tmp_path / "b") == (steps_a, loss_a)

@@ -32,20 +32,24 @@ class Crash(Exception):
     pass
 
 
+def crash_then_resume(cfg, out: Path, at: int) -> None:
+    """Run ``cfg`` into ``out``, killed after step ``at``'s metrics line, then resume it to the end."""
+    def crash(step, rec):
+        if step == at:
+            raise Crash
+    with pytest.raises(Crash):
+        pretrain(cfg, out, on_step=crash)
+    assert losses(out)[0] == list(range(1, at + 1))
+    pretrain(cfg, out, resume=True)
+
+
 @pytest.mark.parametrize("method", ["cmacc", "xmoco", "smoco"])
 def test_resume_reproduces_uninterrupted_losses(tmp_path, method):
     cfg = tiny(f"method={method}", "probe.enabled=false")
     pretrain(cfg, tmp_path / "a")
     steps_a, loss_a = losses(tmp_path / "a")
     assert steps_a == list(range(1, 13))
-
-    def crash(step, rec):  # killed after step 7's metrics, last checkpoint at step 4
-        if step == 7:
-            raise Crash
-    with pytest.raises(Crash):
-        pretrain(cfg, tmp_path / "b", on_step=crash)
-    assert losses(tmp_path / "b")[0] == list(range(1, 8))
-    pretrain(cfg, tmp_path / "b", resume=True)
+    crash_then_resume(cfg, tmp_path / "b", 7)  # killed after step 7's metrics, last checkpoint at step 4
     steps_b, loss_b = losses(tmp_path / "b")
     assert steps_b == steps_a
     assert loss_b == loss_a  # bit-identical on CPU
@@ -147,13 +151,7 @@ def test_mixed_precision_trains_resumes_and_keeps_the_sampler_fp32(tmp_path, mon
     assert loss_a[0] == pytest.approx(losses(tmp_path / "fp32")[1][0], rel=2e-2)  # step 1: rounding only
     state = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True)
     assert ("scale" in state["scaler"]) == (precision == "fp16")  # the fp16 loss scale is checkpointed
-
-    def crash(step, rec):
-        if step == 7:
-            raise Crash
-    with pytest.raises(Crash):
-        pretrain(cfg, tmp_path / "b", on_step=crash)
-    pretrain(cfg, tmp_path / "b", resume=True)
+    crash_then_resume(cfg, tmp_path / "b", 7)
     assert losses(tmp_path / "b") == losses(tmp_path / "a")
 
 

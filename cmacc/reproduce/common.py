@@ -97,3 +97,25 @@ def write(out: Path, res: dict, plot: Callable[[dict, Path], None], png: str, te
     plot(res, out / png)
     print(text)
     print(f"wrote {out / 'results.json'} and {out / png}")
+
+
+def bar_chart(path: Path, groups: list[str], series: dict[str, list[list[float]]], chance: float, ylabel: str,
+              title: str) -> None:
+    """Grouped bars with seed error bars: series[label][g] = per-seed fractions for group g."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.9 * len(groups) + 2), 4))
+    width = 0.8 / len(series)
+    for j, (label, per_group) in enumerate(series.items()):
+        ms = [mean_std(xs) for xs in per_group]
+        ax.bar(np.arange(len(groups)) + (j - (len(series) - 1) / 2) * width, [100 * a for a, _ in ms], width,
+               yerr=[100 * e for _, e in ms], capsize=3, label=label)
+    ax.axhline(100 * chance, color="k", ls="--", lw=1, label="chance")
+    ax.set_xticks(range(len(groups)), groups, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -14,7 +14,7 @@ modalities' picks); the uniform expectation C (1 - (1 - 1/C)^M) is drawn as a re
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,36 +27,17 @@ PAPER_RANDOM_SHARE = {"32": 0.375, "128": 0.308}  # footnote 1: distinct categor
 
 
 @dataclass
-class Settings:
-    batches: tuple[int, ...] = (32, 64, 128)
+class Settings(mi.BatchGrid):
     methods: tuple[str, ...] = METHODS
-    seeds: tuple[int, ...] = (0, 1, 2)
-    chars: int = 1
-    steps: int = 150  # the paper: 300 iterations
-    dict_ratio: int = 30
-    pool_ratio: int = 2
-    train_size: int = 10000
-    probe_train: int = 2000
-    probe_test: int = 1000
-    lr: float = 2e-3
-    overrides: list[str] = field(default_factory=list)
+    steps: int = 100  # the paper: 300 iterations (CPU time: M=128 steps cost 4x)
 
 
 QUICK = dict(batches=(8, 16), methods=("random_pool", "cmacc"), seeds=(0,), steps=6, dict_ratio=4, train_size=320,
              probe_train=300, probe_test=150)
 
 
-def mi_settings(s: Settings, M: int) -> mi.Settings:
-    K = s.dict_ratio * M
-    return mi.Settings(chars=(s.chars,), methods=s.methods, seeds=s.seeds, steps=s.steps, M=M, K=K,
-                       N=min(s.pool_ratio * K, s.train_size), train_size=s.train_size, probe_train=s.probe_train,
-                       probe_test=s.probe_test, lr=s.lr, overrides=list(s.overrides))
-
-
 def check(s: Settings, zip_path: str) -> None:
-    for M in s.batches:
-        for method in s.methods:
-            mi.run_config(mi_settings(s, M), zip_path, method, s.chars, s.seeds[0])
+    mi.check_batches(s, zip_path, lambda M: s.steps)
 
 
 def uniform_expectation(classes: int, M: int) -> float:
@@ -67,18 +48,10 @@ def uniform_expectation(classes: int, M: int) -> float:
 def run(zip_path: str, out: Path, s: Settings, quick: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    jobs = [(m, str(M), seed) for M in s.batches for m in s.methods for seed in s.seeds]
-
-    def one(method: str, M: str, seed: int) -> dict:
-        return mi.run_one(mi_settings(s, int(M)), zip_path, method, s.chars, seed, out,
-                          name=f"{method}-M{M}-k{s.chars}-steps{s.steps}-seed{seed}")
-
-    got = common.run_grid(jobs, one, "fig2 runs")
+    got, per_batch = mi.run_batches(s, zip_path, out, lambda M: s.steps, f"-steps{s.steps}", "fig2 runs")
     classes = int(np.prod(PAPER_SIZES[:s.chars]))
     res = {"experiment": "fig2", "quick": quick,
-           "settings": {**asdict(s), "zip": str(zip_path), "classes": classes,
-                        "per_batch": {str(M): {k: v for k, v in asdict(mi_settings(s, M)).items()
-                                               if k in ("steps", "M", "K", "N")} for M in s.batches}},
+           "settings": {**asdict(s), "zip": str(zip_path), "classes": classes, "per_batch": per_batch},
            "results": got["accuracy"],
            **{key: got[key] for key in ("distinct", "distinct_per_step", "false_negatives", "final_loss", "minutes")},
            "uniform_expectation": {str(M): uniform_expectation(classes, M) for M in s.batches},

@@ -150,6 +150,52 @@ def run_one(s: Settings, zip_path: str, method: str, k: int, seed: int, out: Pat
     return common.cached(run_dir, cfg, compute)
 
 
+@dataclass
+class BatchGrid:
+    """What the per-M grids (``reproduce ohem``, ``fig2``) share: one k, K = dict_ratio * M, a pool
+    of N = min(pool_ratio * K, train_size) (the paper: K = 30 M, N = 10 K)."""
+
+    batches: tuple[int, ...] = (32, 64, 128)
+    methods: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = (0, 1, 2)
+    chars: int = 1
+    dict_ratio: int = 30
+    pool_ratio: int = 2
+    train_size: int = 10000
+    probe_train: int = 2000
+    probe_test: int = 1000
+    lr: float = 2e-3
+    overrides: list[str] = field(default_factory=list)
+
+
+def batch_settings(s: BatchGrid, M: int, steps: int) -> Settings:
+    """The MI run at mini-batch M of a per-M grid."""
+    K = s.dict_ratio * M
+    return Settings(chars=(s.chars,), methods=s.methods, seeds=s.seeds, steps=steps, M=M, K=K,
+                    N=min(s.pool_ratio * K, s.train_size), train_size=s.train_size, probe_train=s.probe_train,
+                    probe_test=s.probe_test, lr=s.lr, overrides=list(s.overrides))
+
+
+def check_batches(s: BatchGrid, zip_path: str, steps_of) -> None:
+    """Every run's config of a per-M grid resolves (bad keys and values named) before any run starts."""
+    for M in s.batches:
+        for method in s.methods:
+            run_config(batch_settings(s, M, steps_of(M)), zip_path, method, s.chars, s.seeds[0])
+
+
+def run_batches(s: BatchGrid, zip_path: str, out: Path, steps_of, tag: str, desc: str) -> tuple[dict, dict]:
+    """Every (M, method, seed) of a per-M grid: (run_grid's fields, each M's steps / M / K / N)."""
+    jobs = [(m, str(M), seed) for M in s.batches for m in s.methods for seed in s.seeds]
+
+    def one(method: str, M: str, seed: int) -> dict:
+        return run_one(batch_settings(s, int(M), steps_of(int(M))), zip_path, method, s.chars, seed, out,
+                       name=f"{method}-M{M}-k{s.chars}{tag}-seed{seed}")
+
+    per_batch = {str(M): {k: v for k, v in asdict(batch_settings(s, M, steps_of(M))).items()
+                          if k in ("steps", "M", "K", "N")} for M in s.batches}
+    return common.run_grid(jobs, one, desc), per_batch
+
+
 def run(zip_path: str, out: Path, s: Settings, quick: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

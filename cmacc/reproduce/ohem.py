@@ -13,7 +13,7 @@ pseudo-label loss, Shrivastava et al. 2016 as the paper states it), ``cmacc`` (g
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,54 +29,31 @@ PAPER = {"ucf101": {"random": (61.9, 63.1, 66.9), "ohem": (50.2, 60.8, 65.7), "c
 
 
 @dataclass
-class Settings:
-    batches: tuple[int, ...] = (32, 64, 128)
+class Settings(mi.BatchGrid):
     methods: tuple[str, ...] = METHODS
-    seeds: tuple[int, ...] = (0, 1, 2)
     chars: int = 3
     samples: int = 9600  # training pairs seen per run: steps = samples // M
-    dict_ratio: int = 30  # K = dict_ratio * M (the paper: 3,840 = 30 x 128)
-    pool_ratio: int = 2  # N = min(pool_ratio * K, train_size) (the paper: 10)
-    train_size: int = 10000
-    probe_train: int = 2000
-    probe_test: int = 1000
-    lr: float = 2e-3
-    overrides: list[str] = field(default_factory=list)
 
 
 QUICK = dict(batches=(8, 16), methods=("random_pool", "ohem"), seeds=(0,), chars=2, samples=96, dict_ratio=4,
              train_size=320, probe_train=300, probe_test=150)
 
 
-def mi_settings(s: Settings, M: int) -> mi.Settings:
-    K = s.dict_ratio * M
-    return mi.Settings(chars=(s.chars,), methods=s.methods, seeds=s.seeds, steps=max(1, s.samples // M), M=M, K=K,
-                       N=min(s.pool_ratio * K, s.train_size), train_size=s.train_size, probe_train=s.probe_train,
-                       probe_test=s.probe_test, lr=s.lr, overrides=list(s.overrides))
+def steps_of(s: Settings):
+    return lambda M: max(1, s.samples // M)  # the same training pairs seen at every M
 
 
 def check(s: Settings, zip_path: str) -> None:
-    """Every run's config resolves (bad keys and values named) before any run starts."""
-    for M in s.batches:
-        ms = mi_settings(s, M)
-        for method in s.methods:
-            mi.run_config(ms, zip_path, method, s.chars, s.seeds[0])
+    mi.check_batches(s, zip_path, steps_of(s))
 
 
 def run(zip_path: str, out: Path, s: Settings, quick: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    jobs = [(m, str(M), seed) for M in s.batches for m in s.methods for seed in s.seeds]
-
-    def one(method: str, M: str, seed: int) -> dict:
-        return mi.run_one(mi_settings(s, int(M)), zip_path, method, s.chars, seed, out,
-                          name=f"{method}-M{M}-k{s.chars}-seed{seed}")
-
-    got = common.run_grid(jobs, one, "ohem runs")
+    got, per_batch = mi.run_batches(s, zip_path, out, steps_of(s), "", "ohem runs")
     res = {"experiment": "ohem", "quick": quick,
            "settings": {**asdict(s), "zip": str(zip_path), "mi_nats": mutual_information(PAPER_SIZES, s.chars),
-                        "per_batch": {str(M): {k: v for k, v in asdict(mi_settings(s, M)).items()
-                                               if k in ("steps", "M", "K", "N")} for M in s.batches}},
+                        "per_batch": per_batch},
            "results": got["accuracy"],
            **{key: got[key] for key in ("accuracy_seen_drawers", "false_negatives", "distinct", "final_loss",
                                         "minutes")},
@@ -108,23 +85,8 @@ def table(res: dict) -> str:
 
 
 def plot(res: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    Ms = res["settings"]["batches"]
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    width = 0.8 / len(res["results"])
-    for j, (m, by_M) in enumerate(res["results"].items()):
-        ms = [common.mean_std(by_M[str(M)]) for M in Ms]
-        ax.bar(np.arange(len(Ms)) + (j - (len(res["results"]) - 1) / 2) * width, [100 * a for a, _ in ms], width,
-               yerr=[100 * e for _, e in ms], capsize=3, label=m)
-    ax.axhline(100 * res["chance"], color="k", ls="--", lw=1, label="chance")
-    ax.set_xticks(range(len(Ms)), [f"M={M}" for M in Ms])
-    ax.set_ylabel("per-cell probe accuracy (%)")
-    ax.set_title(f"OHEM vs random vs active (CM-ACC Table 5), Spatial-MultiOmniglot k={res['settings']['chars']}, "
-                 f"{len(res['settings']['seeds'])} seeds", fontsize=8)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
+    Ms = [str(M) for M in res["settings"]["batches"]]
+    common.bar_chart(path, [f"M={M}" for M in Ms], {m: [by_M[M] for M in Ms] for m, by_M in res["results"].items()},
+                     res["chance"], "per-cell probe accuracy (%)",
+                     f"OHEM vs random vs active (CM-ACC Table 5), Spatial-MultiOmniglot k={res['settings']['chars']}, "
+                     f"{len(res['settings']['seeds'])} seeds")

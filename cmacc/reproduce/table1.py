@@ -113,23 +113,9 @@ def table(res: dict) -> str:
 
 
 def plot(res: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     rows = dict(res["results"], random_init=res["random_init"])
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    width = 0.38
-    for j, mod in enumerate(("video", "audio")):
-        ms = [common.mean_std(rows[m][mod]) for m in rows]
-        ax.bar(np.arange(len(rows)) + (j - 0.5) * width, [100 * a for a, _ in ms], width,
-               yerr=[100 * e for _, e in ms], capsize=3, label=mod)
-    ax.axhline(100 * res["chance"], color="k", ls="--", lw=1, label="chance")
-    ax.set_xticks(range(len(rows)), list(rows), fontsize=8)
-    ax.set_ylabel("linear probe accuracy (%)")
     paper = "CM-ACC" if res["experiment"] == "table1" else "AVID"
-    ax.set_title(f"{paper} Table 1 on the built-in data, {len(res['settings']['seeds'])} seeds, "
-                 f"{res['settings']['steps']} steps", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.bar_chart(path, list(rows), {mod: [rows[m][mod] for m in rows] for mod in ("video", "audio")},
+                     res["chance"], "linear probe accuracy (%)",
+                     f"{paper} Table 1 on the built-in data, {len(res['settings']['seeds'])} seeds, "
+                     f"{res['settings']['steps']} steps")
