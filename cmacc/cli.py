@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import logging
 import os
@@ -207,7 +208,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     """cmacc reproduce mi|ohem|fig2|table1: settings from the defaults (or --quick) and the flags."""
     from dataclasses import fields, replace
 
-    from .reproduce import fig2, mi, ohem, table1
+    from .reproduce import common, fig2, mi, ohem, table1
     module = {"mi": mi, "ohem": ohem, "fig2": fig2, "table1": table1, "avid": table1}[args.experiment]
     base = (table1.AVID_QUICK if args.quick else {"methods": table1.AVID_METHODS}) if args.experiment == "avid" \
         else module.QUICK if args.quick else {}
@@ -228,6 +229,15 @@ def _reproduce(args: argparse.Namespace) -> int:
     if bad:
         raise ConfigError(f"--chars: k must be 1..9 (cells of the 3 x 3 canvas), got {bad}")
     out = args.out or Path("reproductions") / (args.experiment + ("-quick" if args.quick else ""))
+    with common.kept_only() if args.kept_only else contextlib.nullcontext():
+        _run_experiment(args, module, s, out)
+    return 0
+
+
+def _run_experiment(args: argparse.Namespace, module, s, out: Path) -> None:
+    from dataclasses import replace
+
+    from .reproduce import mi, table1
     if args.experiment in ("table1", "avid"):  # every key checked before any run
         if args.runs:
             s = replace(s, runs=str(args.runs))
@@ -239,7 +249,6 @@ def _reproduce(args: argparse.Namespace) -> int:
     else:
         module.check(s, str(args.omniglot))
         module.run(str(args.omniglot), out, s, args.quick)
-    return 0
 
 
 def _add_reproduce(sub) -> None:
@@ -276,6 +285,8 @@ def _add_reproduce(sub) -> None:
         m.add_argument("--seeds", help="comma list (default 0,1,2)")
         m.add_argument("--out", type=Path, help=f"output folder (default reproductions/{name})")
         m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config keys for every run")
+        m.add_argument("--kept-only", action="store_true", dest="kept_only",
+                       help="train nothing: gather the runs already kept in OUT (e.g. by parallel processes)")
         m.set_defaults(func=_reproduce)
 
 

@@ -7,6 +7,8 @@ processes running disjoint methods into one OUT are gathered by a last run over 
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import shutil
 import time
@@ -19,15 +21,31 @@ from tqdm import tqdm
 from .. import provenance
 from ..checkpoint import write_atomic
 
+_KEPT_ONLY = contextvars.ContextVar("kept_only", default=False)
 
-def cached(run_dir: Path, cfg, compute: Callable[[], dict]) -> dict:
+
+@contextlib.contextmanager
+def kept_only():
+    """Within it, :func:`cached` trains nothing: a job without a kept result is left out of the grid
+    (``--kept-only``: gather what parallel or interrupted processes finished, e.g. a subset of k)."""
+    token = _KEPT_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _KEPT_ONLY.reset(token)
+
+
+def cached(run_dir: Path, cfg, compute: Callable[[], dict]) -> dict | None:
     """``compute()``'s result, stored in run_dir/result.json with the run's resolved config; reused
-    when the config is the same, recomputed in a fresh folder otherwise (or after a killed run)."""
+    when the config is the same, recomputed in a fresh folder otherwise (or after a killed run).
+    None under :func:`kept_only` when nothing is kept."""
     path = run_dir / "result.json"
     if path.is_file():
         stored = json.loads(path.read_text())
         if same_config(stored.get("config") or {}, cfg.to_dict()):
             return stored["result"]
+    if _KEPT_ONLY.get():
+        return None
     if run_dir.exists():
         shutil.rmtree(run_dir)
     result = compute()
@@ -48,10 +66,11 @@ def same_config(stored: dict, current: dict) -> bool:
 
 def run_grid(jobs: list[tuple[str, str, int]], one: Callable[[str, str, int], dict], desc: str) -> dict:
     """``one(method, setting, seed)`` for every job, with a progress bar. Returns
-    {field: {method: {setting: [per-seed value, in seed order]}}} over the fields the jobs return."""
+    {field: {method: {setting: [per-seed value, in seed order]}}} over the fields the jobs return
+    (a job that returns None -- not kept, under kept_only -- is left out)."""
     by_field: dict = {}
     for method, setting, seed in tqdm(jobs, desc=desc):
-        for key, value in one(method, setting, seed).items():
+        for key, value in (one(method, setting, seed) or {}).items():  # None: not kept (kept_only)
             by_field.setdefault(key, {}).setdefault(method, {}).setdefault(setting, []).append(value)
     return by_field
 

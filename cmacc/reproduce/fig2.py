@@ -52,8 +52,8 @@ def run(zip_path: str, out: Path, s: Settings, quick: bool) -> dict:
     classes = int(np.prod(PAPER_SIZES[:s.chars]))
     res = {"experiment": "fig2", "quick": quick,
            "settings": {**asdict(s), "zip": str(zip_path), "classes": classes, "per_batch": per_batch},
-           "results": got["accuracy"],
-           **{key: got[key] for key in ("distinct", "distinct_per_step", "false_negatives", "final_loss", "minutes")},
+           "results": got.get("accuracy", {}),
+           **{key: got.get(key, {}) for key in ("distinct", "distinct_per_step", "false_negatives", "final_loss", "minutes")},
            "uniform_expectation": {str(M): uniform_expectation(classes, M) for M in s.batches},
            "chance": float(np.mean([1 / n for n in PAPER_SIZES[:s.chars]])),
            "paper_random_share": PAPER_RANDOM_SHARE, "total_minutes": (time.perf_counter() - t0) / 60}
@@ -92,6 +92,8 @@ def plot(res: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(Ms), figsize=(4 * len(Ms), 3.4), squeeze=False)
     for ax, M in zip(axes[0], Ms):
         for m, by_M in res["distinct_per_step"].items():
+            if M not in by_M:  # --kept-only may leave some M out
+                continue
             curves = np.array([[np.nan if v is None else v for v in c] for c in by_M[M]], dtype=float)
             mean, std = np.nanmean(curves, 0), np.nanstd(curves, 0)
             w = max(1, len(mean) // 15)

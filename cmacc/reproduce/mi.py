@@ -207,8 +207,8 @@ def run(zip_path: str, out: Path, s: Settings, quick: bool) -> dict:
                         "exp_mi_vs_train_size": {str(k): math.exp(mutual_information(PAPER_SIZES, k)) / s.train_size
                                                  for k in s.chars},
                         "alphabets": _alphabets_note(zip_path)},
-           "results": got["accuracy"],
-           **{key: got[key] for key in ("per_cell", "accuracy_seen_drawers", "false_negatives", "distinct",
+           "results": got.get("accuracy", {}),
+           **{key: got.get(key, {}) for key in ("per_cell", "accuracy_seen_drawers", "false_negatives", "distinct",
                                         "final_loss", "minutes")},
            "chance": {str(k): float(np.mean([1 / n for n in PAPER_SIZES[:k]])) for k in s.chars},
            "total_minutes": (time.perf_counter() - t0) / 60}
@@ -247,8 +247,9 @@ def plot(res: dict, path: Path) -> None:
     ks = res["settings"]["chars"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for m, by_k in res["results"].items():
-        ms = [common.mean_std(by_k[str(k)]) for k in ks]
-        ax.errorbar(ks, [100 * a for a, _ in ms], yerr=[100 * e for _, e in ms], marker="o", capsize=3, label=m)
+        have = [k for k in ks if str(k) in by_k]  # --kept-only may leave some k out
+        ms = [common.mean_std(by_k[str(k)]) for k in have]
+        ax.errorbar(have, [100 * a for a, _ in ms], yerr=[100 * e for _, e in ms], marker="o", capsize=3, label=m)
     ax.plot(ks, [100 * res["chance"][str(k)] for k in ks], "k--", lw=1, label="chance")
     ax.set_xlabel("number of characters k (MI = sum of log l_i)")
     ax.set_ylabel("probe accuracy (%), mean over cells")

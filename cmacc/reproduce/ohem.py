@@ -54,8 +54,8 @@ def run(zip_path: str, out: Path, s: Settings, quick: bool) -> dict:
     res = {"experiment": "ohem", "quick": quick,
            "settings": {**asdict(s), "zip": str(zip_path), "mi_nats": mutual_information(PAPER_SIZES, s.chars),
                         "per_batch": per_batch},
-           "results": got["accuracy"],
-           **{key: got[key] for key in ("accuracy_seen_drawers", "false_negatives", "distinct", "final_loss",
+           "results": got.get("accuracy", {}),
+           **{key: got.get(key, {}) for key in ("accuracy_seen_drawers", "false_negatives", "distinct", "final_loss",
                                         "minutes")},
            "chance": float(np.mean([1 / n for n in PAPER_SIZES[:s.chars]])), "paper": PAPER,
            "total_minutes": (time.perf_counter() - t0) / 60}
@@ -86,7 +86,7 @@ def table(res: dict) -> str:
 
 def plot(res: dict, path: Path) -> None:
     Ms = [str(M) for M in res["settings"]["batches"]]
-    common.bar_chart(path, [f"M={M}" for M in Ms], {m: [by_M[M] for M in Ms] for m, by_M in res["results"].items()},
+    common.bar_chart(path, [f"M={M}" for M in Ms], {m: [by_M.get(M, []) for M in Ms] for m, by_M in res["results"].items()},
                      res["chance"], "per-cell probe accuracy (%)",
                      f"OHEM vs random vs active (CM-ACC Table 5), Spatial-MultiOmniglot k={res['settings']['chars']}, "
                      f"{len(res['settings']['seeds'])} seeds")

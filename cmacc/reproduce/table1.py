@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import load_config
+from ..config import ConfigError, load_config
 from . import common
 
 METHODS = ("smoco", "xmoco_nofcl", "xmoco", "cmacc")
@@ -83,12 +83,15 @@ def run(out: Path, s: Settings, quick: bool, experiment: str = "table1") -> dict
     jobs = [(m, "run", seed) for m in s.methods for seed in s.seeds]
     got = common.run_grid(jobs, lambda m, _, seed: run_one(s, m, seed, out), f"{experiment} runs")
     flat = {key: {m: v["run"] for m, v in by_m.items()} for key, by_m in got.items()}
-    results = {m: {mod: flat[mod][m] for mod in ("video", "audio")} for m in s.methods}
-    random_init = {mod: [x for m in s.methods for x in flat[f"random_init_{mod}"][m]] for mod in ("video", "audio")}
+    done = [m for m in s.methods if m in flat.get("video", {})]  # all of them unless --kept-only
+    if not done:
+        raise ConfigError(f"no kept runs of {list(s.methods)} in {s.runs or out / 'runs'} (--kept-only)")
+    results = {m: {mod: flat[mod][m] for mod in ("video", "audio")} for m in done}
+    random_init = {mod: [x for m in done for x in flat[f"random_init_{mod}"][m]] for mod in ("video", "audio")}
     res = {"experiment": experiment, "quick": quick, "settings": asdict(s), "results": results,
            "random_init": random_init,
            **{key: flat[key] for key in ("false_negatives", "distinct", "final_loss", "minutes")},
-           "chance": float(np.mean(flat["chance"][s.methods[0]])),
+           "chance": float(np.mean(flat["chance"][done[0]])),
            "paper": PAPER if experiment == "table1" else AVID_PAPER,
            "total_minutes": (time.perf_counter() - t0) / 60}
     common.write(out, res, plot, f"{experiment}.png", table(res))
