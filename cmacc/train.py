@@ -222,8 +222,12 @@ class Pretraining:
             if not c.is_main:
                 self.data = build_data(cfg, self.device, None, scan=scan)
         self.labels, self.n_train = self.data.labels, len(self.data.train)
+        bank = cfg.avid.num_negatives + 1 + (cfg.cma.pos_k if cfg.spec.objective == "cma" else 0)
         for key, need, what in (("M", cfg.M, "one mini-batch"), ("N", cfg.N if cfg.uses_pool else 0, "the pool"),
-                                ("K", cfg.K if cfg.queue_init == "clips" else 0, "the initial dictionary")):
+                                ("K", cfg.K if cfg.queue_init == "clips" and not cfg.uses_bank else 0,
+                                 "the initial dictionary"),
+                                ("avid.num_negatives", bank if cfg.uses_bank else 0,
+                                 "each clip's negatives (other clips, outside its CMA positive set)")):
             if need > self.n_train:
                 raise ConfigError(f"config key '{key}': {what} needs {need} distinct clips but the dataset has "
                                   f"{self.n_train} usable ones ({len(self.data.info.get('excluded', []))} left out)")

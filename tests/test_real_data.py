@@ -142,3 +142,26 @@ def test_pretrain_on_shared_media_reports_left_out_files(tmp_path):
     assert s["probe"] == {"skipped": "no labelled probe_train / probe_test splits in the manifest"}
     assert json.loads((tmp_path / "run" / "scan.json").read_text())
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_avid_pretrains_on_a_manifest_of_real_videos(tmp_path):
+    """AVID's banks hold one row per usable clip of a manifest (left-out files have none)."""
+    d = media_dir()
+    if d is None:
+        pytest.skip("../shared/media (or $CMACC_MEDIA_DIR) is absent")
+    import torch
+
+    from cmacc.config import load_config
+    from cmacc.train import pretrain
+    from_folder(d, label_from_parent=False).write(tmp_path / "media.csv")
+    cfg = load_config(overrides=[
+        "data.name=manifest", f"data.manifest={tmp_path / 'media.csv'}", "method=avid_cross", "M=2", "steps=3",
+        "avid.num_negatives=2", "warmup_steps=1", "data.frames=16", "data.size=64", "run.progress=false",
+        "run.device=cpu", f"data.cache_dir={tmp_path / 'mel'}"])
+    s = pretrain(cfg, tmp_path / "run")
+    model = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    rows = len((tmp_path / "media.csv").read_text().splitlines()) - 1  # less the header
+    usable = rows - len(s["data"]["left_out"])
+    assert model["bank_v"].shape[0] == model["bank_a"].shape[0] == usable >= 4 and float(model["Z"]) > 0
+    torch.testing.assert_close(model["bank_a"].norm(dim=1), torch.ones(model["bank_a"].shape[0]))
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
