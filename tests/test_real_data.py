@@ -122,7 +122,8 @@ def test_esc_audio_clips():
     assert not torch.equal(clips[0], clips[4])
 
 
-def test_pretrain_on_shared_media_reports_left_out_files(tmp_path):
+def _media_run(tmp_path, *extra):
+    """A 3-step pretraining on a manifest of ../shared/media (skipped when absent); its summary."""
     d = media_dir()
     if d is None:
         pytest.skip("../shared/media (or $CMACC_MEDIA_DIR) is absent")
@@ -130,10 +131,14 @@ def test_pretrain_on_shared_media_reports_left_out_files(tmp_path):
     from cmacc.train import pretrain
     from_folder(d, label_from_parent=False).write(tmp_path / "media.csv")
     cfg = load_config(overrides=[
-        "data.name=manifest", f"data.manifest={tmp_path / 'media.csv'}", "method=xmoco", "M=4", "K=4", "steps=3",
-        "warmup_steps=1", "data.frames=16", "data.size=64", "run.progress=false", "run.device=cpu",
-        f"data.cache_dir={tmp_path / 'mel'}"])
-    s = pretrain(cfg, tmp_path / "run")
+        "data.name=manifest", f"data.manifest={tmp_path / 'media.csv'}", "steps=3", "warmup_steps=1",
+        "data.frames=16", "data.size=64", "run.progress=false", "run.device=cpu", f"data.cache_dir={tmp_path / 'mel'}",
+        *extra])
+    return pretrain(cfg, tmp_path / "run")
+
+
+def test_pretrain_on_shared_media_reports_left_out_files(tmp_path):
+    s = _media_run(tmp_path, "method=xmoco", "M=4", "K=4")
     left = {Path(e["path"]).name: e["reason"] for e in s["data"]["left_out"]}
     assert left == {"bikes.mp4": "no-audio", "demo.mp4": "no-audio", "corrupted.mp4": "corrupt",
                     "empty.webm": "zero-length"}
@@ -146,19 +151,8 @@ def test_pretrain_on_shared_media_reports_left_out_files(tmp_path):
 
 def test_avid_pretrains_on_a_manifest_of_real_videos(tmp_path):
     """AVID's banks hold one row per usable clip of a manifest (left-out files have none)."""
-    d = media_dir()
-    if d is None:
-        pytest.skip("../shared/media (or $CMACC_MEDIA_DIR) is absent")
     import torch
-
-    from cmacc.config import load_config
-    from cmacc.train import pretrain
-    from_folder(d, label_from_parent=False).write(tmp_path / "media.csv")
-    cfg = load_config(overrides=[
-        "data.name=manifest", f"data.manifest={tmp_path / 'media.csv'}", "method=avid_cross", "M=2", "steps=3",
-        "avid.num_negatives=2", "warmup_steps=1", "data.frames=16", "data.size=64", "run.progress=false",
-        "run.device=cpu", f"data.cache_dir={tmp_path / 'mel'}"])
-    s = pretrain(cfg, tmp_path / "run")
+    s = _media_run(tmp_path, "method=avid_cross", "M=2", "avid.num_negatives=2")
     model = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)["model"]
     rows = len((tmp_path / "media.csv").read_text().splitlines()) - 1  # less the header
     usable = rows - len(s["data"]["left_out"])
