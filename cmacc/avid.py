@@ -210,6 +210,7 @@ class AVID(nn.Module):
         c, timings = self.comm, {}
         q = dict(zip("va", self.encode_queries(video, audio)))  # v_i, a_i: m x d, unit
         batch_ids = c.gather(ids)  # M
+        gathered = {t: c.gather(q[t].detach().float()) for t in "va"}  # M x d: sampler queries, bank update
         banks = {"v": self.bank_v, "a": self.bank_a}
         terms = self._terms()
         pos_ids = None
@@ -219,7 +220,6 @@ class AVID(nn.Module):
             neg_report = {t: neg_all for t in "va"}
         else:
             t0 = time.perf_counter()
-            gathered = {t: c.gather(q[t].detach().float()) for t in "va"}
             neg_ids, neg_report = {}, {}
             for t in "va":  # each bank's negatives, chosen by the queries contrasted against it
                 Q = torch.cat([gathered[m] for m, target, _, _ in terms if target == t])
@@ -250,7 +250,7 @@ class AVID(nn.Module):
             if (m, kind) in (("v", "self"), ("a", "self"), ("v", "self+P"), ("a", "self+P")) and m not in acc:
                 acc[m] = (pos[:, 0] > neg.max(1).values).float().mean().detach()  # instance top-1
         with torch.no_grad():  # the banks move after the loss (AVID's update_memory)
-            self.update_banks(batch_ids, c.gather(q["v"].detach().float()), c.gather(q["a"].detach().float()))
+            self.update_banks(batch_ids, gathered["v"], gathered["a"])
         return StepOutput(losses["v"] + losses["a"], losses["v"].detach(), losses["a"].detach(), acc["v"], acc["a"],
                           batch_ids, batch_ids, spread(q["v"]), spread(q["a"]), timings,
                           neg_report["a" if self.objective != "self" else "v"],

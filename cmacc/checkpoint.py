@@ -84,3 +84,23 @@ def newest_intact(folder: str | Path, map_location: str | torch.device = "cpu") 
             problems.append(str(e))
     raise CheckpointError(f"--resume: {'; '.join(problems)}; no intact checkpoint is left in {folder} "
                           f"(keep more with run.keep_checkpoints)")
+
+
+def load_matching(model: torch.nn.Module, run_dir: str | Path, need: list[str], key: str) -> list[str]:
+    """Start ``model`` from another run: every tensor of its newest intact checkpoint that the model
+    has with the same shape. All of the encoders (f_v., f_a.) and the names in ``need`` must fit,
+    else a ConfigError naming config ``key``. Returns the names taken."""
+    from .config import ConfigError
+    try:
+        _, state, _ = newest_intact(Path(run_dir) / "checkpoints")
+    except CheckpointError as e:
+        raise ConfigError(f"config key '{key}': {e}") from None
+    own = model.state_dict()
+    taken = {k: v for k, v in state["model"].items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in [k for k in own if k.startswith(("f_v.", "f_a."))] + need if k not in taken]
+    if missing:
+        raise ConfigError(f"config key '{key}': {run_dir} (method={state['config'].get('method')}) does not fit "
+                          f"this run: {len(missing)} tensor(s) missing or of another shape, e.g. {missing[0]!r}"
+                          + (" (avid_cma needs an AVID run on the same training clips)" if "bank_v" in missing else ""))
+    model.load_state_dict(taken, strict=False)
+    return sorted(taken)

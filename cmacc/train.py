@@ -113,29 +113,6 @@ def build_model(cfg: Config, backend: str, comm: Comm | None = None, bn_splits: 
         negatives=cfg.spec.negatives, fc=cfg.fc, shuffle_bn=cfg.model.shuffle_bn, comm=comm, sampler=options)
 
 
-def init_from(model, cfg: Config) -> list[str]:
-    """Start from another run (``init_from``): every tensor of its newest intact checkpoint that
-    this model has with the same shape. The encoders must all fit; avid_cma also needs the AVID
-    run's banks and Z (the same training clips). Returns the names taken."""
-    try:
-        _, state, _ = checkpoint.newest_intact(Path(cfg.init_from) / "checkpoints")
-    except checkpoint.CheckpointError as e:
-        raise ConfigError(f"config key 'init_from': {e}") from None
-    own = model.state_dict()
-    taken = {k: v for k, v in state["model"].items() if k in own and own[k].shape == v.shape}
-    need = [k for k in own if k.startswith(("f_v.", "f_a."))]
-    if cfg.spec.objective == "cma":
-        need += ["bank_v", "bank_a", "Z"]
-    missing = [k for k in need if k not in taken]
-    if missing:
-        raise ConfigError(f"config key 'init_from': {cfg.init_from} (method={state['config'].get('method')}) does not "
-                          f"fit this run: {len(missing)} tensor(s) missing or of another shape, e.g. {missing[0]!r}"
-                          + (" (avid_cma needs an AVID run on the same training clips)" if cfg.spec.objective == "cma"
-                             else ""))
-    model.load_state_dict(taken, strict=False)
-    return sorted(taken)
-
-
 @dataclass
 class _Stop:
     requested: str | None = None
@@ -267,8 +244,10 @@ class Pretraining:
                 self.ckpt_dir.mkdir(parents=True, exist_ok=True)
                 self.metrics_path.write_text("")
                 self.skips_path.write_text("")
-            if cfg.init_from:
-                log.info("init_from %s: %d tensors", cfg.init_from, len(init_from(self.model, cfg)))
+            if cfg.init_from:  # avid_cma also needs the AVID run's banks and Z (the same training clips)
+                banks = ["bank_v", "bank_a", "Z"] if cfg.spec.objective == "cma" else []
+                taken = checkpoint.load_matching(self.model, cfg.init_from, banks, "init_from")
+                log.info("init_from %s: %d tensors", cfg.init_from, len(taken))
             if cfg.uses_bank and cfg.avid.bank_init == "encode" and not cfg.init_from:
                 self.where["where"] = "bank_init"
                 init_banks(self.model, self.feed, cfg, self.n_train, self.amp)

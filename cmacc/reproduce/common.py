@@ -102,6 +102,16 @@ def pct(xs: list[float]) -> str:
     return f"{100 * m:.1f} ± {100 * s:.1f}%"
 
 
+def relabel(by_method: dict, prefix: str) -> dict:
+    """{method: {setting: xs}} -> {method: {prefix + setting: xs}}: table columns such as "k=3", "M=64"."""
+    return {m: {prefix + str(k): v for k, v in by_k.items()} for m, by_k in by_method.items()}
+
+
+def mean_fmt(fmt: str) -> Callable[[list], str]:
+    """A table cell: the seeds' mean in ``fmt``."""
+    return lambda xs: fmt % mean_std(xs)[0]
+
+
 def grid_table(title: str, by_method: dict, columns: list[str], fmt: Callable[[list], str], width: int = 15) -> str:
     lines = [title, f"{'method':<16}" + "".join(f"{c:>{width}}" for c in columns)]
     for m, by_col in by_method.items():

@@ -53,7 +53,8 @@ def run(zip_path: str, out: Path, s: Settings, quick: bool) -> dict:
     res = {"experiment": "fig2", "quick": quick,
            "settings": {**asdict(s), "zip": str(zip_path), "classes": classes, "per_batch": per_batch},
            "results": got.get("accuracy", {}),
-           **{key: got.get(key, {}) for key in ("distinct", "distinct_per_step", "false_negatives", "final_loss", "minutes")},
+           **{key: got.get(key, {}) for key in ("distinct", "distinct_per_step", "false_negatives", "final_loss",
+                                                "minutes")},
            "uniform_expectation": {str(M): uniform_expectation(classes, M) for M in s.batches},
            "chance": float(np.mean([1 / n for n in PAPER_SIZES[:s.chars]])),
            "paper_random_share": PAPER_RANDOM_SHARE, "total_minutes": (time.perf_counter() - t0) / 60}
@@ -64,19 +65,18 @@ def run(zip_path: str, out: Path, s: Settings, quick: bool) -> dict:
 def table(res: dict) -> str:
     Ms = [str(M) for M in res["settings"]["batches"]]
     head = [f"M={M}" for M in Ms]
-    relabel = lambda by_m: {m: {f"M={M}": v for M, v in by_M.items()} for m, by_M in by_m.items()}  # noqa: E731
     ms = lambda xs: "%.2f ± %.2f" % common.mean_std(xs)  # noqa: E731
     share = {m: {f"M={M}": [x / int(M) for x in v] for M, v in by_M.items()} for m, by_M in res["distinct"].items()}
     return "\n".join([
         common.grid_table(f"distinct classes among each step's M negatives (of {res['settings']['classes']}), "
                           f"mean over steps, mean ± std over seeds {res['settings']['seeds']}",
-                          relabel(res["distinct"]), head, ms),
+                          common.relabel(res["distinct"], "M="), head, ms),
         f"{'uniform draws':<16}" + "".join(f"{res['uniform_expectation'][M]:>15.2f}" for M in Ms),
         common.grid_table("the same as a share of M (the paper's footnote 1: random 37.5% at M=32, 30.8% at 128)",
                           share, head, common.pct),
-        common.grid_table("false negatives (share of D with the query's class)", relabel(res["false_negatives"]),
-                          head, lambda xs: "%.4f" % common.mean_std(xs)[0]),
-        common.grid_table("probe accuracy (held-out drawers)", relabel(res["results"]), head, common.pct)])
+        common.grid_table("false negatives (share of D with the query's class)",
+                          common.relabel(res["false_negatives"], "M="), head, common.mean_fmt("%.4f")),
+        common.grid_table("probe accuracy (held-out drawers)", common.relabel(res["results"], "M="), head, common.pct)])
 
 
 def _smooth(x: np.ndarray, w: int) -> np.ndarray:

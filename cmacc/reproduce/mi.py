@@ -224,20 +224,18 @@ def _alphabets_note(zip_path: str) -> str:
 def table(res: dict) -> str:
     ks = [str(k) for k in res["settings"]["chars"]]
     cols = ["k=" + k for k in ks]
-    relabel = lambda by_m: {m: {"k=" + k: v for k, v in by_k.items()} for m, by_k in by_m.items()}  # noqa: E731
-    mean = lambda fmt: lambda xs: fmt % common.mean_std(xs)[0]  # noqa: E731
     seeds = res["settings"]["seeds"]
     return "\n".join([
         common.grid_table(f"probe accuracy, held-out drawers (mean over used cells), mean ± std over seeds {seeds}",
-                          relabel(res["results"]), cols, common.pct),
+                          common.relabel(res["results"], "k="), cols, common.pct),
         f"{'chance':<16}" + "".join(f"{100 * res['chance'][k]:>14.1f}%" for k in ks),
         f"{'e^I / train set':<16}" + "".join(f"{res['settings']['exp_mi_vs_train_size'][k]:>15.3g}" for k in ks),
         common.grid_table("probe tested on new pairs by the pretraining drawers (no drawer split)",
-                          relabel(res["accuracy_seen_drawers"]), cols, common.pct),
+                          common.relabel(res["accuracy_seen_drawers"], "k="), cols, common.pct),
         common.grid_table("false negatives (share of D with the query's z), mean over seeds",
-                          relabel(res["false_negatives"]), cols, mean("%.4f")),
+                          common.relabel(res["false_negatives"], "k="), cols, common.mean_fmt("%.4f")),
         common.grid_table("distinct z among each step's enqueued negatives, mean over seeds",
-                          relabel(res["distinct"]), cols, mean("%.1f"))])
+                          common.relabel(res["distinct"], "k="), cols, common.mean_fmt("%.1f"))])
 
 
 def plot(res: dict, path: Path) -> None:

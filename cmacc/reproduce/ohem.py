@@ -65,8 +65,6 @@ def run(zip_path: str, out: Path, s: Settings, quick: bool) -> dict:
 
 def table(res: dict) -> str:
     cols = [str(M) for M in res["settings"]["batches"]]
-    relabel = lambda by_m: {m: {f"M={M}": v for M, v in by_M.items()} for m, by_M in by_m.items()}  # noqa: E731
-    mean = lambda fmt: lambda xs: fmt % common.mean_std(xs)[0]  # noqa: E731
     head = [f"M={M}" for M in cols]
     k = res["settings"]["chars"]
     paper = ["paper, UCF101 / HMDB51 (Table 5):"] + [
@@ -75,18 +73,19 @@ def table(res: dict) -> str:
         for name in ("random", "ohem", "cmacc")]
     return "\n".join([
         common.grid_table(f"per-cell probe accuracy at k={k} (held-out drawers), mean ± std over seeds "
-                          f"{res['settings']['seeds']}", relabel(res["results"]), head, common.pct),
+                          f"{res['settings']['seeds']}", common.relabel(res["results"], "M="), head, common.pct),
         f"{'chance':<16}{100 * res['chance']:>14.1f}%",
-        common.grid_table("false negatives (share of D with the query's z)", relabel(res["false_negatives"]), head,
-                          mean("%.4f")),
-        common.grid_table("distinct z among each step's M enqueued negatives", relabel(res["distinct"]), head,
-                          mean("%.1f")),
+        common.grid_table("false negatives (share of D with the query's z)",
+                          common.relabel(res["false_negatives"], "M="), head, common.mean_fmt("%.4f")),
+        common.grid_table("distinct z among each step's M enqueued negatives",
+                          common.relabel(res["distinct"], "M="), head, common.mean_fmt("%.1f")),
         *paper])
 
 
 def plot(res: dict, path: Path) -> None:
     Ms = [str(M) for M in res["settings"]["batches"]]
-    common.bar_chart(path, [f"M={M}" for M in Ms], {m: [by_M.get(M, []) for M in Ms] for m, by_M in res["results"].items()},
+    series = {m: [by_M.get(M, []) for M in Ms] for m, by_M in res["results"].items()}
+    common.bar_chart(path, [f"M={M}" for M in Ms], series,
                      res["chance"], "per-cell probe accuracy (%)",
                      f"OHEM vs random vs active (CM-ACC Table 5), Spatial-MultiOmniglot k={res['settings']['chars']}, "
                      f"{len(res['settings']['seeds'])} seeds")

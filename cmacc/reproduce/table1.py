@@ -100,7 +100,6 @@ def run(out: Path, s: Settings, quick: bool, experiment: str = "table1") -> dict
 
 def table(res: dict) -> str:
     rows = dict(res["results"], random_init=res["random_init"])
-    mean = lambda fmt: lambda xs: fmt % common.mean_std(xs)[0]  # noqa: E731
     what = {"table1": "CM-ACC Table 1, UCF101 / HMDB51 / ESC50 fine-tuning",
             "avid": "AVID Table 1, best-block linear probes, Kinetics / ESC"}[res["experiment"]]
     paper = [f"paper ({what}):"] + [
@@ -111,7 +110,7 @@ def table(res: dict) -> str:
                           ["video", "audio"], common.pct),
         common.grid_table("false negatives (share of D with the query's class), distinct classes per step",
                           {m: {"false neg": res["false_negatives"][m], "distinct": res["distinct"][m]}
-                           for m in res["results"]}, ["false neg", "distinct"], mean("%.3f")),
+                           for m in res["results"]}, ["false neg", "distinct"], common.mean_fmt("%.3f")),
         *paper])
 
 
