@@ -252,6 +252,6 @@ class AVID(nn.Module):
         with torch.no_grad():  # the banks move after the loss (AVID's update_memory)
             self.update_banks(batch_ids, gathered["v"], gathered["a"])
         return StepOutput(losses["v"] + losses["a"], losses["v"].detach(), losses["a"].detach(), acc["v"], acc["a"],
-                          batch_ids, batch_ids, spread(q["v"]), spread(q["a"]), timings,
-                          neg_report["a" if self.objective != "self" else "v"],
-                          neg_report["v" if self.objective != "self" else "a"], batch_ids)
+                          batch_ids, batch_ids, spread(q["v"]), spread(q["a"]), timings=timings,
+                          negatives_v=neg_report["a" if self.objective != "self" else "v"],
+                          negatives_a=neg_report["v" if self.objective != "self" else "a"], batch_ids=batch_ids)

@@ -200,7 +200,10 @@ class Config:
     seed: int = 0
     # -- the paper's hyper-parameters (§5); CPU-sized here, see PRESETS["paper"] --
     M: int = 32  # mini-batch size = picks enqueued per modality per step
-    K: int = 512  # dictionary size, a multiple of M
+    # dictionary size, a multiple of M. The CPU run's keys stay in D for K/M = 4 steps: at 16 (K = 512)
+    # its fast key encoders drift enough within the queue's span that the queries score keys by age
+    # rather than content (metrics.jsonl age_gap_*; README, "Dictionary consistency"). Paper: 30 M.
+    K: int = 128
     N: int = 1536  # candidate pool size (Alg. 1 l.7), drawn anew every pool refresh
     m: float = 0.99  # key-encoder momentum (Eq. 4)
     tau: float = 0.1  # temperature of the contrastive loss (Eq. 7)

@@ -59,6 +59,8 @@ class StepOutput:
     enqueued_a: torch.Tensor  # clip ids enqueued into D_a this step (M,)
     spread_v: torch.Tensor  # sqrt(1 - |mean q_v|^2) over this rank's queries: 0 when they collapse to one point
     spread_a: torch.Tensor
+    age_gap_v: torch.Tensor | None = None  # age_gap of D_v for the queries contrasted with it, detached
+    age_gap_a: torch.Tensor | None = None  # ... of D_a
     timings: dict[str, float | None] = field(default_factory=dict)  # seconds; pruned_v/a: fractions
     negatives_v: torch.Tensor | None = None  # clip ids (K,) of the dictionary q_v was contrasted with
     negatives_a: torch.Tensor | None = None  # ... and q_a
@@ -80,6 +82,19 @@ class QueryEncoders(nn.Module):
 def spread(q: torch.Tensor) -> torch.Tensor:
     """Root mean squared distance of unit queries to their mean: 1 for a spread batch, 0 for a collapsed one."""
     return (1 - q.float().mean(0).square().sum()).clamp_min(0).sqrt()
+
+
+@torch.no_grad()
+def age_gap(q: torch.Tensor, D: torch.Tensor, ptr: torch.Tensor, M: int) -> torch.Tensor:
+    """Mean of q . D over the newest M entries of the FIFO dictionary minus over its oldest M
+    (slots ptr-M.. and ptr.., ``ptr`` pointing at the next block to overwrite). About 0 when the
+    dictionary is consistent; positive when the queries can tell recent keys from old ones by
+    the key encoder's drift alone (README, "Dictionary consistency")."""
+    K = D.shape[0]
+    newest = (ptr - M + torch.arange(M, device=D.device)) % K
+    oldest = (ptr + torch.arange(M, device=D.device)) % K
+    q = q.float()
+    return (q @ D[newest].float().T).mean() - (q @ D[oldest].float().T).mean()
 
 
 def infonce(q: torch.Tensor, k_pos: torch.Tensor, D: torch.Tensor, tau: float):
@@ -326,10 +341,11 @@ class CrossModalMoCo(nn.Module):
             loss_v, acc_v = infonce(q_v, kv, D_v, self.tau)  # q_v vs [k_v+; D_v]
             loss_a, acc_a = infonce(q_a, ka, D_a, self.tau)  # q_a vs [k_a+; D_a]
 
+        age_v, age_a = (age_gap(q, D, self.queue_ptr, self.M) for q, D in ((q_for_Dv, D_v), (q_for_Da, D_a)))
         if not self.uses_pool:  # MoCo: enqueue the global batch's keys after the loss
             enq_v = enq_a = batch_ids
             self._enqueue(self.D_v, self.D_v_ids, k_v, batch_ids)
             self._enqueue(self.D_a, self.D_a_ids, k_a, batch_ids)
             self._advance()
         return StepOutput(loss_v + loss_a, loss_v.detach(), loss_a.detach(), acc_v, acc_a,
-                          enq_v, enq_a, spread(q_v), spread(q_a), timings, neg_v, neg_a, batch_ids)
+                          enq_v, enq_a, spread(q_v), spread(q_a), age_v, age_a, timings, neg_v, neg_a, batch_ids)

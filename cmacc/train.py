@@ -357,23 +357,24 @@ class Pretraining:
         except NonFiniteInput:  # the same gathered inputs on every rank: all ranks stop here
             raise self._diverged(s, "the sampler's inputs (pool keys or queries) hold NaN or Inf") from None
         # One gather per step: every rank's losses, spreads, skips and stop requests, before the update.
-        mine = torch.stack([o.loss.detach(), o.loss_v, o.loss_a, o.acc_v, o.acc_a, o.spread_v, o.spread_a])
-        table = c.gather_values(mine.float().tolist() + [len(self.pending_skips), stop.requested == "SIGTERM",
-                                                         stop.requested == "SIGINT"])
-        losses = table[:, :7].mean(0).tolist()  # equal shares: the mean over ranks is the global mean
+        gaps = [torch.tensor(math.nan) if g is None else g.cpu() for g in (o.age_gap_v, o.age_gap_a)]  # AVID: none
+        mine = torch.stack([o.loss.detach(), o.loss_v, o.loss_a, o.acc_v, o.acc_a, o.spread_v, o.spread_a]).cpu()
+        table = c.gather_values(torch.cat([mine, torch.stack(gaps)]).float().tolist()
+                                + [len(self.pending_skips), stop.requested == "SIGTERM", stop.requested == "SIGINT"])
+        losses = table[:, :9].mean(0).tolist()  # equal shares: the mean over ranks is the global mean
         if not all(math.isfinite(x) for x in losses[:3]):
             bad = [r for r in range(c.world) if not all(math.isfinite(x) for x in table[r, :3].tolist())]
             raise self._diverged(s, f"non-finite loss on rank(s) {bad}: loss_v={losses[1]} loss_a={losses[2]}")
         self._update(s, o.loss)
         t2 = time.perf_counter()
-        skipped = int(table[:, 7].sum())
+        skipped = int(table[:, 9].sum())
         self._flush_skips(skipped)
         rec.update(self._record(s, o, losses, t1 - t0, t2 - t1, skipped))
         if cfg.run.check_sync_every and (s + 1) % cfg.run.check_sync_every == 0:
             rec["state_digest"] = c.assert_same(replicated_state(model, o.enqueued_v, o.enqueued_a))
         rec["time_comm"] = c.take_seconds()
         rec["time_step"] = time.perf_counter() - t_start
-        signal_name = "SIGTERM" if table[:, 8].any() else "SIGINT" if table[:, 9].any() else None
+        signal_name = "SIGTERM" if table[:, 10].any() else "SIGINT" if table[:, 11].any() else None
         return rec, signal_name
 
     def _update(self, s: int, loss: torch.Tensor) -> None:
@@ -418,6 +419,8 @@ class Pretraining:
             log.warning(warning)
         return dict(loss=losses[0], loss_v=losses[1], loss_a=losses[2], acc_v=losses[3], acc_a=losses[4],
                     spread_v=losses[5], spread_a=losses[6], collapsed=self.collapse.collapsed,
+                    age_gap_v=None if math.isnan(losses[7]) else losses[7],
+                    age_gap_a=None if math.isnan(losses[8]) else losses[8],
                     lr=float(self.lrs[s]), skipped=skipped, time_data=t_data, time_compute=t_compute,
                     time_sampler=o.timings.get("sampler", 0.0), time_picks=o.timings.get("encode_picks", 0.0),
                     pruned_v=o.timings.get("pruned_v"), pruned_a=o.timings.get("pruned_a"),

@@ -39,7 +39,7 @@ def test_yaml_file_and_overrides(tmp_path):
 @pytest.mark.parametrize("overrides,match", [
     (["K=100"], "'K'.*multiple of M"),
     (["N=16"], "'N'.*at least M"),
-    (["N=544"], "'N'.*K \\+ 2M"),
+    (["N=160"], "'N'.*K \\+ 2M"),  # K + 2M = 192 at the defaults
     (["m=1.0"], "'m'.*\\[0, 1\\)"),
     (["tau=0"], "'tau'"),
     (["Kk=3"], "unknown config key 'Kk'.*did you mean 'K'"),

@@ -4,7 +4,7 @@ import torch
 from torch.nn import functional as F
 
 from cmacc.models import build_encoder
-from cmacc.moco import CrossModalMoCo, SamplerOptions, infonce
+from cmacc.moco import CrossModalMoCo, SamplerOptions, age_gap, infonce
 
 M, K, N, d = 4, 12, 32, 16
 
@@ -115,6 +115,45 @@ def test_loss_is_bidirectional_infonce():
     torch.testing.assert_close(out.loss_a, ref(q_a, k_v, D_v), rtol=1e-5, atol=1e-5)
     out.loss.backward()
     assert model.f_v.proj.weight.grad is not None and model.h_v.proj.weight.grad is None
+
+
+def test_age_gap_compares_the_newest_block_of_the_queue_with_the_oldest():
+    """Blocks of M slots, written FIFO: with the pointer at slot p (the next block to overwrite),
+    slots p-M..p-1 are the newest and p..p+M-1 the oldest (wrapping around K)."""
+    e = torch.eye(3)
+    D = torch.stack([e[0], e[0], e[1], e[1], e[2], e[2]])  # K = 6, M = 2: blocks e0 | e1 | e2
+    q = torch.stack([e[0], 0.5 * e[0] + 0.5 * e[2]])
+    # pointer 2: newest = block e0 (slots 0, 1), oldest = block e1 (slots 2, 3)
+    assert age_gap(q, D, torch.tensor(2), 2).item() == pytest.approx((1 + 0.5) / 2 - 0)
+    # pointer 0: newest = block e2 (slots 4, 5, wrapped), oldest = block e0
+    assert age_gap(q, D, torch.tensor(0), 2).item() == pytest.approx((0 + 0.5) / 2 - (1 + 0.5) / 2)
+    assert age_gap(q, D[:2], torch.tensor(0), 2).item() == 0.0  # one block: nothing is older
+
+
+@pytest.mark.parametrize("negatives", ["queue", "gradient"])
+def test_step_reports_the_age_gap_of_the_dictionaries_it_contrasted_with(negatives):
+    model = make(negatives=negatives, shuffle_bn=False, sampler=SamplerOptions(backend="torch"))
+    g = torch.Generator().manual_seed(2)
+    if negatives != "queue":
+        model.set_pool(torch.arange(100, 100 + N), F.normalize(torch.randn(N, d, generator=g), dim=1),
+                       F.normalize(torch.randn(N, d, generator=g), dim=1))
+    model.init_queues(F.normalize(torch.randn(K, d, generator=g), dim=1),
+                      F.normalize(torch.randn(K, d, generator=g), dim=1), torch.arange(K))
+    model.queue_ptr.fill_(M)  # K = 3M: three blocks
+    v, a = batch(8)
+    D_v, D_a = model.D_v.clone(), model.D_a.clone()
+    with torch.no_grad():
+        out = model(v, a, torch.arange(1000, 1000 + M), generator=torch.Generator().manual_seed(0))
+        q_v, q_a = model.f_v(v), model.f_a(a)
+    if negatives == "queue":  # the loss met D as it was; the batch is enqueued after it, at slots M..2M-1
+        newest, oldest = range(0, M), range(M, 2 * M)
+    else:  # the picks were enqueued before the loss, at slots M..2M-1: they are the newest
+        D_v[M:2 * M], D_a[M:2 * M] = model.D_v[M:2 * M], model.D_a[M:2 * M]
+        newest, oldest = range(M, 2 * M), range(2 * M, 3 * M)
+    def gap(q, D):
+        return (q @ D[list(newest)].T).mean() - (q @ D[list(oldest)].T).mean()
+    torch.testing.assert_close(out.age_gap_v, gap(q_a, D_v), rtol=1e-5, atol=1e-6)  # cross: q_a meets D_v
+    torch.testing.assert_close(out.age_gap_a, gap(q_v, D_a), rtol=1e-5, atol=1e-6)
 
 
 def test_unimodal_objective_uses_own_modality_keys():
