@@ -357,24 +357,26 @@ class Pretraining:
         except NonFiniteInput:  # the same gathered inputs on every rank: all ranks stop here
             raise self._diverged(s, "the sampler's inputs (pool keys or queries) hold NaN or Inf") from None
         # One gather per step: every rank's losses, spreads, skips and stop requests, before the update.
-        gaps = [torch.tensor(math.nan) if g is None else g.cpu() for g in (o.age_gap_v, o.age_gap_a)]  # AVID: none
-        mine = torch.stack([o.loss.detach(), o.loss_v, o.loss_a, o.acc_v, o.acc_a, o.spread_v, o.spread_a]).cpu()
-        table = c.gather_values(torch.cat([mine, torch.stack(gaps)]).float().tolist()
-                                + [len(self.pending_skips), stop.requested == "SIGTERM", stop.requested == "SIGINT"])
-        losses = table[:, :9].mean(0).tolist()  # equal shares: the mean over ranks is the global mean
+        nan = o.loss.new_tensor(math.nan)  # AVID has no queue, so no age gap
+        mine = torch.stack([o.loss.detach(), o.loss_v, o.loss_a, o.acc_v, o.acc_a, o.spread_v, o.spread_a,
+                            nan if o.age_gap_v is None else o.age_gap_v, nan if o.age_gap_a is None else o.age_gap_a])
+        n = len(mine)  # then the flags: skips, SIGTERM, SIGINT
+        table = c.gather_values(mine.float().tolist() + [len(self.pending_skips), stop.requested == "SIGTERM",
+                                                         stop.requested == "SIGINT"])
+        losses = table[:, :n].mean(0).tolist()  # equal shares: the mean over ranks is the global mean
         if not all(math.isfinite(x) for x in losses[:3]):
             bad = [r for r in range(c.world) if not all(math.isfinite(x) for x in table[r, :3].tolist())]
             raise self._diverged(s, f"non-finite loss on rank(s) {bad}: loss_v={losses[1]} loss_a={losses[2]}")
         self._update(s, o.loss)
         t2 = time.perf_counter()
-        skipped = int(table[:, 9].sum())
+        skipped = int(table[:, n].sum())
         self._flush_skips(skipped)
         rec.update(self._record(s, o, losses, t1 - t0, t2 - t1, skipped))
         if cfg.run.check_sync_every and (s + 1) % cfg.run.check_sync_every == 0:
             rec["state_digest"] = c.assert_same(replicated_state(model, o.enqueued_v, o.enqueued_a))
         rec["time_comm"] = c.take_seconds()
         rec["time_step"] = time.perf_counter() - t_start
-        signal_name = "SIGTERM" if table[:, 10].any() else "SIGINT" if table[:, 11].any() else None
+        signal_name = "SIGTERM" if table[:, n + 1].any() else "SIGINT" if table[:, n + 2].any() else None
         return rec, signal_name
 
     def _update(self, s: int, loss: torch.Tensor) -> None:
