@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from cmacc.bench import _run, traffic_bytes
+from cmacc.bench.sampler import _run, traffic_bytes
 from cmacc.sampling import exp_noise
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import logging
 import os
@@ -14,8 +13,9 @@ from .errors import InputError
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from . import dist
-    from .train import Diverged, pretrain  # heavy imports after argument parsing
+    from . import methods
+    from .engine.train import Diverged, pretrain
+    from .system import dist  # heavy imports after argument parsing
 
     if args.resume:
         if args.out is None:
@@ -31,9 +31,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path("runs") / f"{cfg.method}-{stamp}"
         if comm.is_main:
             world = f" on {comm.world} ranks ({cfg.M // comm.world} clips each)" if comm.distributed else ""
-            a = cfg.avid
-            sizes = (f"M={cfg.M} K={a.num_negatives} per clip ({a.negatives}) tau={a.tau} bank mu={a.momentum} "
-                     f"loss={a.loss}" if cfg.uses_bank else f"M={cfg.M} K={cfg.K} N={cfg.N} m={cfg.m} tau={cfg.tau}")
+            sizes = methods.family(cfg.method).describe(cfg)
             print(f"cmacc pretrain: method={cfg.method} {sizes} steps={cfg.steps}{world} -> {out}", file=sys.stderr)
         try:
             summary = pretrain(cfg, out, resume=args.resume, comm=comm)
@@ -84,20 +82,20 @@ def _cuda() -> bool:
 
 
 def _bench_sampler(args: argparse.Namespace) -> int:
-    from . import bench
+    from .bench import sampler as bench
     if args.pool is None:
         args.pool = 38400 if args.device.startswith("cuda") else 4800
     return bench.main(args)
 
 
 def _bench_data(args: argparse.Namespace) -> int:
-    from . import bench_data
-    return bench_data.main(args)
+    from .bench import data
+    return data.main(args)
 
 
 def _bench_dist(args: argparse.Namespace) -> int:
-    from . import bench_dist
-    return bench_dist.main(args)
+    from .bench import dist
+    return dist.main(args)
 
 
 def _scan(args: argparse.Namespace) -> int:
@@ -197,99 +195,6 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ints(text: str, flag: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise ConfigError(f"{flag} takes comma-separated integers, got {text!r}") from None
-
-
-def _reproduce(args: argparse.Namespace) -> int:
-    """cmacc reproduce mi|ohem|fig2|table1: settings from the defaults (or --quick) and the flags."""
-    from dataclasses import fields, replace
-
-    from .reproduce import common, fig2, mi, ohem, table1
-    module = {"mi": mi, "ohem": ohem, "fig2": fig2, "table1": table1, "avid": table1}[args.experiment]
-    base = (table1.AVID_QUICK if args.quick else {"methods": table1.AVID_METHODS}) if args.experiment == "avid" \
-        else module.QUICK if args.quick else {}
-    s = module.Settings(**base)
-    names = {f.name for f in fields(s)}
-    for flag in ("chars", "seeds", "batches"):
-        if getattr(args, flag, None):
-            value = _ints(getattr(args, flag), "--" + flag)
-            s = replace(s, **{flag: value if args.experiment == "mi" or flag != "chars" else value[0]})
-    if args.methods:
-        s = replace(s, methods=tuple(args.methods.split(",")))
-    for key in ("steps", "train_size", "samples"):
-        if getattr(args, key, None) is not None and key in names:
-            s = replace(s, **{key: getattr(args, key)})
-    s = replace(s, overrides=list(s.overrides) + list(args.set))
-    chars = s.chars if args.experiment == "mi" else (s.chars,) if "chars" in names else ()
-    bad = [k for k in chars if not 1 <= k <= 9]
-    if bad:
-        raise ConfigError(f"--chars: k must be 1..9 (cells of the 3 x 3 canvas), got {bad}")
-    out = args.out or Path("reproductions") / (args.experiment + ("-quick" if args.quick else ""))
-    with common.kept_only() if args.kept_only else contextlib.nullcontext():
-        _run_experiment(args, module, s, out)
-    return 0
-
-
-def _run_experiment(args: argparse.Namespace, module, s, out: Path) -> None:
-    from dataclasses import replace
-
-    from .reproduce import mi, table1
-    if args.experiment in ("table1", "avid"):  # every key checked before any run
-        if args.runs:
-            s = replace(s, runs=str(args.runs))
-        table1.check(s)
-        table1.run(out, s, args.quick, args.experiment)
-    elif args.experiment == "mi":
-        mi.run_config(s, str(args.omniglot), s.methods[0], s.chars[0], s.seeds[0])
-        mi.run(str(args.omniglot), out, s, args.quick)
-    else:
-        module.check(s, str(args.omniglot))
-        module.run(str(args.omniglot), out, s, args.quick)
-
-
-def _add_reproduce(sub) -> None:
-    rp = sub.add_parser("reproduce", help="the papers' claims at laptop scale: mi (Fig. 3a), ohem (Table 5), "
-                        "fig2 (Fig. 2), table1 (Table 1), avid (AVID's Table 1)")
-    rsub = rp.add_subparsers(dest="experiment", required=True)
-    helps = {"mi": "Spatial-MultiOmniglot: probe accuracy vs number of characters (Fig. 3a)",
-             "ohem": "random vs OHEM vs active negatives at M = 32, 64, 128 on Spatial-MultiOmniglot (Table 5)",
-             "fig2": "distinct classes among each step's negatives: random vs gradient vs feature (Fig. 2)",
-             "table1": "SMoCo, XMoCo w/o fcl, XMoCo, CM-ACC on the built-in data (Table 1)",
-             "avid": "Self- vs Cross- vs Joint-AVID beside xmoco and cmacc on the built-in data (AVID Table 1)"}
-    defaults = {"mi": "smoco,xmoco,cmacc,random_pool,feature_active", "ohem": "xmoco,random_pool,ohem,cmacc",
-                "fig2": "random_pool,cmacc,feature_active", "table1": "smoco,xmoco_nofcl,xmoco,cmacc",
-                "avid": "avid_self,avid_cross,avid_joint,xmoco,cmacc"}
-    for name, text in helps.items():
-        m = rsub.add_parser(name, help=text)
-        if name in ("table1", "avid"):
-            m.add_argument("--runs", type=Path, help="where runs are kept (default OUT/runs); table1's folder "
-                           "lets avid reuse its xmoco and cmacc runs")
-        else:
-            m.add_argument("--omniglot", type=Path, required=True, help="an Omniglot images_background*.zip")
-            m.add_argument("--chars", help="comma list of k (default 1..9)" if name == "mi"
-                           else f"used cells k (default {3 if name == 'ohem' else 1})")
-            m.add_argument("--train-size", type=int, dest="train_size", help="training pairs (default 10000)")
-        if name in ("ohem", "fig2"):
-            m.add_argument("--batches", help="comma list of M (default 32,64,128)")
-        if name == "ohem":
-            m.add_argument("--samples", type=int, help="training pairs seen per run: steps = samples / M (9600)")
-        else:
-            m.add_argument("--steps", type=int, help="pretraining steps per run (default %s)"
-                           % {"mi": 300, "fig2": 100, "table1": 360, "avid": 360}[name])
-        m.add_argument("--quick", action="store_true", help="CI-sized: two settings, one seed, tiny runs")
-        m.add_argument("--methods", help=f"comma list of --set method= names (default {defaults[name]})")
-        m.add_argument("--seeds", help="comma list (default 0,1,2)")
-        m.add_argument("--out", type=Path, help=f"output folder (default reproductions/{name})")
-        m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config keys for every run")
-        m.add_argument("--kept-only", action="store_true", dest="kept_only",
-                       help="train nothing: gather the runs already kept in OUT (e.g. by parallel processes)")
-        m.set_defaults(func=_reproduce)
-
-
 def _add_eval(sub) -> None:
     ex = sub.add_parser("export", help="write a run's query encoders f_v, f_a (state dicts + architecture) to a file")
     ex.add_argument("run", type=Path, help="run folder (its newest intact checkpoint)")
@@ -319,8 +224,19 @@ def _add_eval(sub) -> None:
     ev.set_defaults(func=_eval)
 
 
+def _methods(args: argparse.Namespace) -> int:
+    from .methods import table
+    rows = [("method", "family", "options", "paper")] + [
+        (r["method"], r["family"], " ".join(f"{k}={v}" for k, v in r["options"].items()), r["paper"])
+        for r in table()]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[3])
+    return 0
+
+
 def _version(expect: list[str]) -> int:
-    from . import provenance
+    from .system import provenance
 
     print(provenance.report(provenance.git_revision(), provenance.versions()))
     pairs = dict(e.split("=", 1) if "=" in e else (e, "") for e in expect)
@@ -391,7 +307,11 @@ def main(argv: list[str] | None = None) -> int:
 
     _add_bench(sub)
     _add_eval(sub)
-    _add_reproduce(sub)
+    from .reproduce.cli import add_parser as add_reproduce
+    add_reproduce(sub)
+    ms = sub.add_parser("methods", help="every method by name: its family, the options the name fixes, where "
+                        "the papers have it")
+    ms.set_defaults(func=_methods)
     sc = sub.add_parser("scan", help="probe every file of a manifest or folder; report unusable, blank and "
                         "silent ones (exit 1 when pretraining would leave any out)")
     sc.add_argument("source", type=Path, help="manifest CSV or folder of videos")

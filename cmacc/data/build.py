@@ -39,11 +39,12 @@ def mel_cache_dir(cfg: Config) -> str:
     return cfg.data.cache_dir or str(Path.home() / ".cache" / "cmacc" / "mel")
 
 
-def build_data(cfg: Config, device: torch.device, out: Path | None = None, scan: dict | None = None) -> Data:
+def build_data(cfg: Config, device: torch.device, out: Path | None = None, scan: dict | None = None,
+               views: int = 1) -> Data:
     """The run's datasets. ``scan``: scan records to use instead of data.scan or a fresh scan
-    (ranks other than 0 get rank 0's)."""
+    (ranks other than 0 get rank 0's). ``views``: augmented views per training clip (2: a second
+    view for the keys; the method's family says, cmacc.methods.protocol.Family.key_views)."""
     d = cfg.data
-    views = 2 if cfg.spec.objective == "self" and not cfg.uses_bank else 1  # Self-AVID's positive is its bank entry
     if d.name == "synthetic":
         common = dict(num_classes=d.num_classes, seed=cfg.seed, frames=d.frames, crop=d.size,
                       mel_bands=d.mel_bands, audio_frames=d.audio_frames or 4 * d.frames, nuisance=d.nuisance)

@@ -54,7 +54,7 @@ class Manifest:
         return sorted({r.label for r in self.rows if r.label})
 
     def write(self, path: str | Path) -> None:
-        from ..checkpoint import write_atomic
+        from ..system.checkpoint import write_atomic
         path = Path(path)
         base = path.resolve().parent
         buf = io.StringIO()

@@ -85,84 +85,98 @@ class Deferred:
     request: ClipRequest
 
 
+def _check_policies(backend: str, gpu: bool, on_missing_audio: str, on_corrupt: str, on_blank: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if on_missing_audio not in ("skip", "silence", "error"):
+        raise ValueError(f"on_missing_audio must be skip, silence or error, got {on_missing_audio!r}")
+    if on_corrupt not in ("skip", "error"):
+        raise ValueError(f"on_corrupt must be skip or error, got {on_corrupt!r}")
+    if on_blank not in ("skip", "keep", "error"):
+        raise ValueError(f"on_blank must be skip, keep or error, got {on_blank!r}")
+    if backend in ("dali_cpu", "dali_gpu") and not dali_available():
+        raise BadInput(f"data backend {backend!r} requested but DALI is not installed (pip install nvidia-dali-cuda120)")
+    if backend == "dali_gpu" and not gpu:
+        raise BadInput("data backend 'dali_gpu' requested but no CUDA device is in use")
+
+
 class ManifestAV(torch.utils.data.Dataset):
     def __init__(self, manifest: Manifest, scan: dict[str, ScanRecord], *, frames: int = 16, fps: float = 10.0,
                  crop: int = 224, mel: MelSpec | None = None, cache_dir: str | Path | None = None,
                  backend: str = "auto", gpu: bool = False, on_missing_audio: str = "skip",
                  on_corrupt: str = "skip", seed: int = 0, views: int = 1, num_clips: int = 10,
                  classes: list[str] | None = None, on_blank: str = "skip") -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if on_missing_audio not in ("skip", "silence", "error"):
-            raise ValueError(f"on_missing_audio must be skip, silence or error, got {on_missing_audio!r}")
-        if on_corrupt not in ("skip", "error"):
-            raise ValueError(f"on_corrupt must be skip or error, got {on_corrupt!r}")
-        if on_blank not in ("skip", "keep", "error"):
-            raise ValueError(f"on_blank must be skip, keep or error, got {on_blank!r}")
-        if backend in ("dali_cpu", "dali_gpu") and not dali_available():
-            raise BadInput(f"data backend {backend!r} requested but DALI is not installed (pip install nvidia-dali-cuda120)")
-        if backend == "dali_gpu" and not gpu:
-            raise BadInput("data backend 'dali_gpu' requested but no CUDA device is in use")
+        _check_policies(backend, gpu, on_missing_audio, on_corrupt, on_blank)
         self.mel = mel or MelSpec()
         self.cache = MelCache(cache_dir, self.mel)
         self.T, self.fps, self.S, self.seed, self.views, self.num_clips = frames, fps, crop, seed, views, num_clips
         self.on_corrupt = on_corrupt
         self.classes = classes if classes is not None else manifest.classes
+        self.policy = {"backend": backend, "gpu": gpu, "on_missing_audio": on_missing_audio, "on_corrupt": on_corrupt,
+                       "on_blank": on_blank, "dali": dali_available()}
         cls = {c: k for k, c in enumerate(self.classes)}
-        span = frames / fps
         self.items: list[_Item] = []
         self.excluded: list[dict] = []
-        have_dali = dali_available()
         for n, row in enumerate(manifest.rows):
             rec = scan.get(str(row.path))
             if rec is None:
                 raise BadInput(f"{row.path} (manifest {manifest.source} row {n + 2}) is not in the scan report; "
                                f"run `cmacc scan` on this manifest again")
-            bad = [p for p in rec.problems if p in _CORRUPT]
-            if bad:
-                if on_corrupt == "error":
-                    raise BadInput(f"{row.path}: {', '.join(bad)} ({rec.detail}) and data.on_corrupt=error")
-                self.excluded.append({"path": str(row.path), "reason": ", ".join(bad), "detail": rec.detail})
-                continue
-            blank = [w for w in rec.warnings if w in BLANK]
-            if blank and on_blank != "keep":
-                if on_blank == "error":
-                    raise BadInput(f"{row.path}: {', '.join(blank)} ({rec.detail}) and data.on_blank=error")
-                self.excluded.append({"path": str(row.path), "reason": ", ".join(blank), "detail": rec.detail})
-                continue
-            silent = "no-audio" in rec.problems
-            if silent and on_missing_audio != "silence":
-                if on_missing_audio == "error":
-                    raise BadInput(f"{row.path}: no audio stream and data.on_missing_audio=error")
-                self.excluded.append({"path": str(row.path), "reason": "no-audio", "detail": rec.detail})
-                continue
-            v0 = rec.start_time or 0.0
-            begin, end = v0, v0 + (rec.duration or 0.0)
-            if row.start is not None:
-                begin = max(begin, row.start)
-            if row.end is not None:
-                end = min(end, row.end)
-            if end - begin < span - 1e-6:
-                if on_corrupt == "error":
-                    raise BadInput(f"{row.path}: segment [{begin:.2f}, {end:.2f}) is shorter than one clip ({span:.2f}s)")
-                self.excluded.append({"path": str(row.path), "reason": "too-short",
-                                      "detail": f"segment {end - begin:.2f}s < clip {span:.2f}s"})
-                continue
-            b = backend if backend != "auto" else (choose_backend(rec, gpu) or "pyav")
-            if b.startswith("dali") and not have_dali:
-                b = "pyav"  # auto only: DALI is optional
-            if b.startswith("dali") and (rec.video_stream or 0) > 0:
-                raise BadInput(f"{row.path}: its best video stream is stream {rec.video_stream}, and DALI reads only "
-                               f"the first; use data.backend=auto or pyav")
-            if b == "dali_cpu" and (rec.video_codec not in DALI_CPU_CODECS or rec.vfr):
-                raise BadInput(f"{row.path}: data.backend=dali_cpu cannot decode {rec.video_codec}"
-                               f"{' (variable frame rate)' if rec.vfr else ''}; use auto or pyav")
-            self.items.append(_Item(n, row.path, cls.get(row.label, -1) if row.label else -1, rec, begin, end, b,
-                                    silent, row.start, row.end))
+            item = self._admit(n, row, rec, cls.get(row.label, -1) if row.label else -1, frames / fps)
+            if item is not None:
+                self.items.append(item)
         if not self.items:
             raise BadInput(f"manifest {manifest.source}: no usable clips ({len(self.excluded)} excluded: "
                            f"{self.excluded[:3]}...)")
         self.labels = torch.tensor([it.label for it in self.items], dtype=torch.long)
+
+    def _exclude(self, row, reason: str, detail: str) -> None:
+        """Leave a file out under the bad-input policy, recorded with its reason."""
+        self.excluded.append({"path": str(row.path), "reason": reason, "detail": detail})
+
+    def _admit(self, n: int, row, rec: ScanRecord, label: int, span: float) -> _Item | None:
+        """Row n of the manifest as a usable item, or None (recorded in ``excluded``) per the policies."""
+        p = self.policy
+        bad = [x for x in rec.problems if x in _CORRUPT]
+        if bad:
+            if p["on_corrupt"] == "error":
+                raise BadInput(f"{row.path}: {', '.join(bad)} ({rec.detail}) and data.on_corrupt=error")
+            return self._exclude(row, ", ".join(bad), rec.detail)
+        blank = [w for w in rec.warnings if w in BLANK]
+        if blank and p["on_blank"] != "keep":
+            if p["on_blank"] == "error":
+                raise BadInput(f"{row.path}: {', '.join(blank)} ({rec.detail}) and data.on_blank=error")
+            return self._exclude(row, ", ".join(blank), rec.detail)
+        silent = "no-audio" in rec.problems
+        if silent and p["on_missing_audio"] != "silence":
+            if p["on_missing_audio"] == "error":
+                raise BadInput(f"{row.path}: no audio stream and data.on_missing_audio=error")
+            return self._exclude(row, "no-audio", rec.detail)
+        v0 = rec.start_time or 0.0
+        begin, end = v0, v0 + (rec.duration or 0.0)
+        if row.start is not None:
+            begin = max(begin, row.start)
+        if row.end is not None:
+            end = min(end, row.end)
+        if end - begin < span - 1e-6:
+            if p["on_corrupt"] == "error":
+                raise BadInput(f"{row.path}: segment [{begin:.2f}, {end:.2f}) is shorter than one clip ({span:.2f}s)")
+            return self._exclude(row, "too-short", f"segment {end - begin:.2f}s < clip {span:.2f}s")
+        return _Item(n, row.path, label, rec, begin, end, self._backend(row, rec), silent, row.start, row.end)
+
+    def _backend(self, row, rec: ScanRecord) -> str:
+        """The decoder of one file: data.backend, or auto's choice from the scan (PyAV without DALI)."""
+        p = self.policy
+        b = p["backend"] if p["backend"] != "auto" else (choose_backend(rec, p["gpu"]) or "pyav")
+        if b.startswith("dali") and not p["dali"]:
+            b = "pyav"  # auto only: DALI is optional
+        if b.startswith("dali") and (rec.video_stream or 0) > 0:
+            raise BadInput(f"{row.path}: its best video stream is stream {rec.video_stream}, and DALI reads only "
+                           f"the first; use data.backend=auto or pyav")
+        if b == "dali_cpu" and (rec.video_codec not in DALI_CPU_CODECS or rec.vfr):
+            raise BadInput(f"{row.path}: data.backend=dali_cpu cannot decode {rec.video_codec}"
+                           f"{' (variable frame rate)' if rec.vfr else ''}; use auto or pyav")
+        return b
 
     def __len__(self) -> int:
         return len(self.items)

@@ -117,14 +117,7 @@ def scan_file(path: str | Path, *, clip_seconds: float = 1.6, decode: str = "ful
 
     path = Path(path)
     rec = ScanRecord(str(path), clip_seconds=clip_seconds)
-    if not path.exists():
-        rec.problems.append("missing")
-        rec.detail = "file does not exist"
-        return rec
-    rec.size = path.stat().st_size
-    if rec.size == 0:
-        rec.problems.append("zero-length")
-        rec.detail = "0 bytes"
+    if not _file_present(path, rec):
         return rec
     try:
         container = av.open(str(path))
@@ -134,53 +127,82 @@ def scan_file(path: str | Path, *, clip_seconds: float = 1.6, decode: str = "ful
         return rec
     with container:
         rec.container = container.format.name
-        videos, audios = list(container.streams.video), list(container.streams.audio)
-        if len(videos) > 1:
-            rec.warnings.append("several-video-streams")
-        if len(audios) > 1:
-            rec.warnings.append("several-audio-streams")
-        best_audio = best_stream(audios)
-        if best_audio:
-            rec.audio_stream, aus = best_audio
-            a = aus.codec_context
-            rec.audio_codec, rec.sample_rate, rec.channels = a.name, a.sample_rate, a.channels
-        else:
-            rec.problems.append("no-audio")
-        if not videos:
-            rec.problems.append("no-video")
-            rec.detail = "no video stream"
+        vs, aus = _read_streams(container, rec)
+        if vs is None:
             return _finish(rec, clip_seconds)
-        rec.video_stream, vs = best_stream(videos)
-        cc = vs.codec_context
-        rec.video_codec, rec.width, rec.height = cc.name, cc.width, cc.height
-        if vs.average_rate:
-            rec.fps = float(vs.average_rate)
-        if vs.duration is not None and vs.time_base:
-            rec.duration = float(vs.duration * vs.time_base)
-        elif container.duration:
-            rec.duration = container.duration / 1e6
         try:
-            pts = _packet_times(container, vs)
-            if len(pts) >= 3:
-                dt = np.diff(np.sort(np.asarray(pts)))
-                dt = dt[dt > 0]
-                if len(dt):
-                    rec.fps_cv = float(dt.std() / dt.mean())
-                    # VFR: intervals off the median by more than the timestamp resolution allows
-                    # (WebM/MKV store milliseconds: 1/24 s is written as 41 or 42 ms)
-                    tol = max(2.0 * float(vs.time_base), 0.05 * float(np.median(dt)))
-                    if np.mean(np.abs(dt - np.median(dt)) > tol) > 0.01:
-                        rec.warnings.append("vfr")
-                    if not rec.fps:
-                        rec.fps = float(1.0 / np.median(dt))
-                if rec.duration is None:
-                    rec.duration = float(max(pts) - min(pts) + (np.median(dt) if len(dt) else 0))
+            _timing(container, vs, rec)
             container.seek(0)
-            rec.frames = _decode_check(container, vs, aus if best_audio else None, decode, sample_points, rec)
+            rec.frames = _decode_check(container, vs, aus, decode, sample_points, rec)
         except Exception as e:
             rec.problems.append("corrupt")
             rec.detail = f"decoding failed: {type(e).__name__}: {e}"
     return _finish(rec, clip_seconds)
+
+
+def _file_present(path: Path, rec: ScanRecord) -> bool:
+    """False (with the problem recorded) for a missing or empty file."""
+    if not path.exists():
+        rec.problems.append("missing")
+        rec.detail = "file does not exist"
+        return False
+    rec.size = path.stat().st_size
+    if rec.size == 0:
+        rec.problems.append("zero-length")
+        rec.detail = "0 bytes"
+        return False
+    return True
+
+
+def _read_streams(container, rec: ScanRecord):
+    """The best video and audio streams (None where absent), their codecs recorded in ``rec``."""
+    videos, audios = list(container.streams.video), list(container.streams.audio)
+    if len(videos) > 1:
+        rec.warnings.append("several-video-streams")
+    if len(audios) > 1:
+        rec.warnings.append("several-audio-streams")
+    aus = None
+    best_audio = best_stream(audios)
+    if best_audio:
+        rec.audio_stream, aus = best_audio
+        a = aus.codec_context
+        rec.audio_codec, rec.sample_rate, rec.channels = a.name, a.sample_rate, a.channels
+    else:
+        rec.problems.append("no-audio")
+    if not videos:
+        rec.problems.append("no-video")
+        rec.detail = "no video stream"
+        return None, aus
+    rec.video_stream, vs = best_stream(videos)
+    cc = vs.codec_context
+    rec.video_codec, rec.width, rec.height = cc.name, cc.width, cc.height
+    return vs, aus
+
+
+def _timing(container, vs, rec: ScanRecord) -> None:
+    """Frame rate, duration and variable-frame-rate warning from the stream and its packet times."""
+    if vs.average_rate:
+        rec.fps = float(vs.average_rate)
+    if vs.duration is not None and vs.time_base:
+        rec.duration = float(vs.duration * vs.time_base)
+    elif container.duration:
+        rec.duration = container.duration / 1e6
+    pts = _packet_times(container, vs)
+    if len(pts) < 3:
+        return
+    dt = np.diff(np.sort(np.asarray(pts)))
+    dt = dt[dt > 0]
+    if len(dt):
+        rec.fps_cv = float(dt.std() / dt.mean())
+        # VFR: intervals off the median by more than the timestamp resolution allows
+        # (WebM/MKV store milliseconds: 1/24 s is written as 41 or 42 ms)
+        tol = max(2.0 * float(vs.time_base), 0.05 * float(np.median(dt)))
+        if np.mean(np.abs(dt - np.median(dt)) > tol) > 0.01:
+            rec.warnings.append("vfr")
+        if not rec.fps:
+            rec.fps = float(1.0 / np.median(dt))
+    if rec.duration is None:
+        rec.duration = float(max(pts) - min(pts) + (np.median(dt) if len(dt) else 0))
 
 
 def _packet_times(container, vs) -> list[float]:
@@ -318,7 +340,7 @@ def scan_paths(paths: list[str | Path], *, clip_seconds: float = 1.6, decode: st
 
 
 def write_report(records: list[ScanRecord], out: str | Path) -> None:
-    from ..checkpoint import write_atomic
+    from ..system.checkpoint import write_atomic
     out = Path(out)
     if out.suffix.lower() == ".csv":
         import csv

@@ -82,6 +82,22 @@ def frame_indices(times, v0: float, fps_src: float, n_frames: int | None) -> np.
     return idx
 
 
+def _decode_by_time(c, vs, tb: float, times: np.ndarray, path) -> np.ndarray:
+    """Variable frame rate: for each time the last decoded frame at or before it."""
+    decoded = []
+    for fr in c.decode(vs):
+        if fr.pts is None:
+            continue
+        decoded.append((float(fr.pts * tb), fr.to_ndarray(format="rgb24")))
+        if decoded[-1][0] > times.max():
+            break
+    if not decoded:
+        raise DecodeError(f"{path}: no frames decoded")
+    ts = np.array([t for t, _ in decoded])
+    pick = np.clip(np.searchsorted(ts, times + 1e-9, side="right") - 1, 0, len(ts) - 1)
+    return np.stack([decoded[k][1] for k in pick])
+
+
 def decode_pyav(path: str | Path, times, *, v0: float, fps_src: float, n_frames: int | None,
                 vfr: bool = False, by_count: bool = False, stream: int = 0) -> np.ndarray:
     """RGB uint8 frames (T, H, W, 3) for the container ``times`` (see module docstring).
@@ -100,18 +116,7 @@ def decode_pyav(path: str | Path, times, *, v0: float, fps_src: float, n_frames:
                 first = float(times.min()) if vfr else v0 + int(want.min()) / fps_src
                 c.seek(max(0, int((first - 0.5 / fps_src) / tb)), stream=vs, backward=True)
             if vfr:  # by timestamp: the last frame at or before each time
-                decoded = []
-                for fr in c.decode(vs):
-                    if fr.pts is None:
-                        continue
-                    decoded.append((float(fr.pts * tb), fr.to_ndarray(format="rgb24")))
-                    if decoded[-1][0] > times.max():
-                        break
-                if not decoded:
-                    raise DecodeError(f"{path}: no frames decoded")
-                ts = np.array([t for t, _ in decoded])
-                pick = np.clip(np.searchsorted(ts, times + 1e-9, side="right") - 1, 0, len(ts) - 1)
-                return np.stack([decoded[k][1] for k in pick])
+                return _decode_by_time(c, vs, tb, times, path)
             got: dict[int, np.ndarray] = {}
             last = None
             need, top = set(int(i) for i in want), int(want.max())

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from .. import cores
-from ..allocator import keep_freed_memory
+from ..system import cores
+from ..system.allocator import keep_freed_memory
 from ..config import Config, ConfigError
 from . import encoders, report
 
@@ -77,8 +77,8 @@ def run(task: str, cfg: Config, *, data: str, protocol: str, out: Path, encoders
 
 def _synthetic(cfg: Config, enc, device) -> list[dict]:
     """The built-in data's probe splits, both modalities, every stage: the summary probe's code
-    (cmacc.probe.evaluate: one centred clip per video, logistic regression with probe.C)."""
-    from .. import probe
+    (cmacc.evaluation.probe.evaluate: one centred clip per video, logistic regression with probe.C)."""
+    from . import probe
     from ..data.build import build_data
     if cfg.data.name != "synthetic":
         raise ConfigError("cmacc eval synthetic evaluates the built-in data (data.name=synthetic)")

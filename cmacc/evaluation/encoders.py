@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .. import checkpoint
+from ..system import checkpoint
 from ..config import Config, config_from_dict
 from ..models.io import EncoderFileError, arch_of, build_from_arch, load_export, load_into, save_encoders
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..config import EvalConfig
 from ..data import ClipRequest
-from ..validation import float_list
+from ..config.validation import float_list
 from .features import batches, crop_requests
 
 

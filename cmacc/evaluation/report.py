@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import provenance
-from ..checkpoint import write_atomic
+from ..system import provenance
+from ..system.checkpoint import write_atomic
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:

@@ -26,7 +26,7 @@ from ..config import Config
 from ..data.manifest import ManifestError, from_hmdb51, from_ucf101
 from ..data.real import ManifestAV
 from ..errors import InputError
-from ..validation import int_list
+from ..config.validation import int_list
 from . import features, finetune
 from .encoders import Encoders
 

@@ -41,7 +41,7 @@ def build_from_arch(arch: dict[str, Any]):
 def save_encoders(path: str | Path, f_v, f_a, arch: dict[str, Any], source: dict[str, Any]) -> None:
     import io
 
-    from ..checkpoint import write_atomic
+    from ..system.checkpoint import write_atomic
     buf = io.BytesIO()
     torch.save({"format": FORMAT, "version": VERSION, "arch": arch, "source": source,
                 "f_v": {k: v.detach().cpu() for k, v in f_v.state_dict().items()},

@@ -18,8 +18,8 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from .. import provenance
-from ..checkpoint import write_atomic
+from ..system import provenance
+from ..system.checkpoint import write_atomic
 
 _KEPT_ONLY = contextvars.ContextVar("kept_only", default=False)
 
@@ -79,7 +79,7 @@ def train_summary(cfg, run_dir: Path) -> tuple[dict, dict]:
     """Pretrain ``cfg`` into run_dir; (summary.json, the "why" numbers of the run): the share of
     the dictionary with the query's latent label, distinct labels among each step's M enqueued
     negatives (mean and per step), the final loss and the minutes taken."""
-    from ..train import pretrain
+    from ..engine.train import pretrain
     t0 = time.perf_counter()
     summary = pretrain(cfg, run_dir)
     recs = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from . import METHODS as EXPERIMENT_METHODS
 from . import common, mi
 from .omniglot import PAPER_SIZES
 
-METHODS = ("random_pool", "cmacc", "feature_active")
+METHODS = EXPERIMENT_METHODS["fig2"]
 PAPER_RANDOM_SHARE = {"32": 0.375, "128": 0.308}  # footnote 1: distinct categories / M, random sampling
 
 

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from ..config import load_config
+from . import METHODS as EXPERIMENT_METHODS
 from . import common
 from .omniglot import PAPER_SIZES, mutual_information
 
-METHODS = ("smoco", "xmoco", "cmacc", "random_pool", "feature_active")
+METHODS = EXPERIMENT_METHODS["mi"]
 REFERENCES = ("supervised",)  # not a --set method: the ceiling of the probe (see supervised())
 
 
@@ -99,11 +100,11 @@ def supervised(cfg, run_dir: Path) -> dict:
     """The probe's ceiling on this data: the same x-encoder trained with z's labels (one linear head
     and cross-entropy per used cell, Adam, cfg.steps steps of cfg.M training pairs), then probed
     exactly as the self-supervised encoders are. Saved as a run folder, so cell_probe reads it."""
-    from .. import checkpoint
+    from ..system import checkpoint
     from ..data import ClipRequest
     from ..data.build import build_data
     from ..models import build_encoder
-    from ..train import build_encoders
+    from ..engine.train import build_encoders
     torch.manual_seed(cfg.seed)
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)

@@ -22,14 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ConfigError, load_config
+from . import METHODS as EXPERIMENT_METHODS
 from . import common
 
-METHODS = ("smoco", "xmoco_nofcl", "xmoco", "cmacc")
+METHODS = EXPERIMENT_METHODS["table1"]
 PAPER = {  # Table 1, top-1 %: UCF101, HMDB51, ESC50
     "columns": ("ucf101", "hmdb51", "esc50"),
     "smoco": (70.7, 35.2, 69.0), "xmoco_nofcl": (72.9, 37.5, 70.9), "xmoco": (74.1, 38.7, 73.0),
     "cmacc": (77.2, 40.6, 79.2)}
-AVID_METHODS = ("avid_self", "avid_cross", "avid_joint", "xmoco", "cmacc")
+AVID_METHODS = EXPERIMENT_METHODS["avid"]
 AVID_PAPER = {  # AVID Table 1, best block, linear probes: Kinetics (video), ESC (audio)
     "columns": ("kinetics", "esc"),
     "avid_cross": (39.95, 75.05), "avid_self": (32.08, 72.64), "avid_joint": (33.04, 71.77)}

@@ -31,6 +31,7 @@ import os
 
 import torch
 
+from ..choices import BACKENDS, EMBEDDINGS
 from . import cpu
 from .kmeanspp import exp_noise, kmeanspp, race
 from .posterior import PseudoPosterior, gradient_embeddings, gradient_factors, key_gradient, pseudo_posterior
@@ -42,8 +43,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EMBEDDINGS = ("gradient", "feature", "key_gradient", "ohem", "random")
-BACKENDS = ("auto", "torch", "numba", "triton")
 ENV_BACKEND = "CMACC_SAMPLER_BACKEND"
 
 

@@ -1,11 +1,16 @@
-"""Config validation: every impossible or absurd value is refused with a ConfigError naming its key."""
+"""Config validation: every impossible or absurd value is refused with a ConfigError naming its key.
+
+The keys every method shares are checked here; each family adds its own (its ``checks`` module,
+found through cmacc.methods.registry), so a method's sizes are judged only where they mean something."""
 from __future__ import annotations
 
+import importlib
 import math
 import re
 from pathlib import Path
 
-from .config import CHOICES, IMAGE_PRESETS, LEAVES, Config, ConfigError, RunConfig, flatten
+from ..methods.registry import FAMILIES
+from .schema import CHOICES, IMAGE_PRESETS, LEAVES, Config, ConfigError, RunConfig, flatten
 
 TAU = (1e-3, 10.0)  # contrastive and pseudo-posterior temperatures: beyond these the softmax is one-hot or flat
 LR_MAX = 1.0
@@ -27,13 +32,6 @@ def validate(cfg: Config) -> None:
             need(math.isfinite(flat[key]), key, f"must be a finite number, got {flat[key]}")
     need(0 <= cfg.seed < 2**63, "seed", f"must lie in [0, 2**63), got {cfg.seed}")
     need(cfg.M >= 2, "M", f"mini-batch must hold at least 2 clips, got {cfg.M}")
-    need(cfg.K >= cfg.M, "K", f"dictionary size K={cfg.K} must be at least M={cfg.M}")
-    need(cfg.K % cfg.M == 0, "K", f"K={cfg.K} must be a multiple of M={cfg.M} (the queue advances M per step)")
-    need(cfg.N >= cfg.M, "N", f"pool size N={cfg.N} must be at least M={cfg.M}")
-    need(cfg.N % cfg.M == 0, "N", f"pool size N={cfg.N} must be a multiple of M={cfg.M} (pool encoded in mini-batches)")
-    need(0.0 <= cfg.m < 1.0, "m", f"momentum must lie in [0, 1), got {cfg.m}")
-    need(TAU[0] <= cfg.tau <= TAU[1], "tau", f"temperature must lie in [{TAU[0]:g}, {TAU[1]:g}] (logits are "
-         f"similarities / tau; the paper uses 0.07-0.7), got {cfg.tau}")
     need(0 < cfg.lr <= LR_MAX, "lr", f"Adam's learning rate must lie in (0, {LR_MAX:g}] (every weight moves by "
          f"about lr per step; the paper uses 1e-3), got {cfg.lr}")
     need(cfg.weight_decay >= 0, "weight_decay", f"must be >= 0, got {cfg.weight_decay}")
@@ -41,7 +39,7 @@ def validate(cfg: Config) -> None:
     need(cfg.steps >= 1, "steps", f"must be >= 1, got {cfg.steps}")
     need(cfg.pool_refresh >= 0, "pool_refresh", f"must be >= 0 (0 = once per epoch), got {cfg.pool_refresh}")
     _validate_data(cfg)
-    d, mo = cfg.data, cfg.model
+    mo = cfg.model
     need(mo.d >= 2, "model.d", f"must be >= 2, got {mo.d}")
     need(mo.bn_splits >= 0, "model.bn_splits", f"must be >= 0 (0 = one group per rank), got {mo.bn_splits}")
     if mo.bn_splits:
@@ -49,49 +47,15 @@ def validate(cfg: Config) -> None:
              f"M={cfg.M} must split into model.bn_splits={mo.bn_splits} equal groups")
         need(cfg.M // mo.bn_splits >= 2, "model.bn_splits",
              f"each BN group needs >= 2 clips; M={cfg.M} / bn_splits={mo.bn_splits} leaves {cfg.M // mo.bn_splits}")
-    need(not (cfg.spec.objective == "self" and cfg.fc == "cross"), "model.fc",
-         f"method={cfg.method} is unimodal: a cross-modal FC layer has no partner")
     need(TAU[0] <= cfg.sampler.temperature <= 1 / TAU[0], "sampler.temperature",
          f"must lie in [{TAU[0]:g}, {1 / TAU[0]:g}] (Eq. 5 uses 1), got {cfg.sampler.temperature}")
-    if cfg.uses_pool and d.name in ("synthetic", "omniglot"):
-        need(d.train_size >= cfg.N, "N",
-             f"pool size N={cfg.N} exceeds the dataset (data.train_size={d.train_size}); the pool holds distinct clips")
-    if cfg.uses_pool:
-        need(cfg.N >= cfg.K + 2 * cfg.M, "N",
-             f"method={cfg.method} picks M={cfg.M} per step from U \\ D minus the mini-batch: "
-             f"needs N >= K + 2M = {cfg.K + 2 * cfg.M}, got N={cfg.N}")
-    if cfg.queue_init == "clips" and d.name in ("synthetic", "omniglot"):
-        need(d.train_size >= cfg.K, "queue_init",
-             f"'clips' fills the queue with K={cfg.K} distinct clips but data.train_size={d.train_size}")
     need(cfg.probe.C > 0, "probe.C", f"must be positive, got {cfg.probe.C}")
-    if cfg.uses_bank:
-        _validate_avid(cfg)
-    _validate_eval(cfg.eval)
-    _validate_run(cfg.run)
-
-
-def _validate_avid(cfg: Config) -> None:
-    a, c, d = cfg.avid, cfg.cma, cfg.data
-    need(TAU[0] <= a.tau <= TAU[1], "avid.tau", f"must lie in [{TAU[0]:g}, {TAU[1]:g}], got {a.tau}")
-    need(0.0 <= a.momentum < 1.0, "avid.momentum", f"must lie in [0, 1), got {a.momentum}")
-    need(a.num_negatives >= 1, "avid.num_negatives", f"must be >= 1, got {a.num_negatives}")
-    cma = cfg.spec.objective == "cma"
-    if d.name in ("synthetic", "omniglot"):
-        left = d.train_size - 1 - (c.pos_k if cma else 0)
-        need(a.num_negatives <= left, "avid.num_negatives",
-             f"{a.num_negatives} negatives per clip need that many other clips; data.train_size={d.train_size} "
-             f"leaves {left}")
-    if cma:
-        need(c.pos_k >= 1, "cma.pos_k", f"must be >= 1, got {c.pos_k}")
-        need(1 <= c.num_positives <= c.pos_k, "cma.num_positives", f"must lie in 1..cma.pos_k={c.pos_k}, "
-             f"got {c.num_positives}")
-        need(c.resample_every >= 1, "cma.resample_every", f"must be >= 1 (epochs), got {c.resample_every}")
-        need(c.within_weight >= 0, "cma.within_weight", f"must be >= 0, got {c.within_weight}")
-        need(bool(cfg.init_from), "init_from", "method=avid_cma starts from an AVID run: set init_from=RUN_DIR "
-             "(a finished `cmacc pretrain --set method=avid_cross` run)")
+    importlib.import_module(FAMILIES[cfg.spec.family] + ".checks").validate(cfg)  # the method's family
     if cfg.init_from:
         need((Path(cfg.init_from) / "checkpoints").is_dir(), "init_from",
              f"{cfg.init_from} is not a cmacc run folder (no checkpoints/ in it)")
+    _validate_eval(cfg.eval)
+    _validate_run(cfg.run)
 
 
 def int_list(text: str, key: str) -> list[int]:

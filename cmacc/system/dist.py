@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from .errors import InputError
+from ..errors import InputError
 
 log = logging.getLogger("cmacc")
 
@@ -347,7 +347,7 @@ def tensor_digest(t: torch.Tensor) -> int:
 
 def resolve_device(name: str, launch: Launch) -> torch.device:
     """run.device -> this rank's device: cuda:LOCAL_RANK on GPUs, cpu otherwise."""
-    from .config import ConfigError
+    from ..config import ConfigError
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(name)

@@ -10,8 +10,8 @@ import contextlib
 
 import torch
 
-from .config import Config, ConfigError
-from .feed import Amp
+from ..config import Config, ConfigError
+from ..methods.protocol import Amp
 
 PRECISION = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -1,58 +1,32 @@
-"""Run configuration: one dataclass tree, two presets, type-checked overrides.
+"""Run configuration schema: one dataclass tree, two presets, the choice lists, typed keys.
 
 Hyper-parameters carry the paper's symbols (CM-ACC §5): ``M`` mini-batch, ``K`` dictionary
 (queue) size, ``N`` candidate-pool size, ``m`` key-encoder momentum, ``tau`` temperature of
 the contrastive softmax (Eq. 7).
 
-Resolution order: dataclass defaults (= the ``cpu`` preset) <- ``preset`` <- YAML file <-
-``--set key=value`` overrides.  Unknown keys, wrong types and impossible values raise
-:class:`ConfigError` naming the key.
+Resolution order (cmacc.config.loading): dataclass defaults (= the ``cpu`` preset) <- ``preset``
+<- YAML file <- ``--set key=value`` overrides. Unknown keys and wrong types raise :class:`ConfigError`
+naming the key here; impossible values in cmacc.config.validation. Torch-free.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import InputError
+from ..choices import BACKENDS, EMBEDDINGS
+from ..errors import InputError
+from ..methods.registry import AGREEMENTS, FC_LAYERS, METHODS, Method
 
 
 class ConfigError(InputError, ValueError):
     """A configuration key, type or value is wrong; the message names the key."""
 
 
-@dataclass(frozen=True)
-class Method:
-    """What a ``method=`` name means: the objective, where negatives come from, the FC layer."""
-
-    objective: str  # "cross": q_v vs [k_a+; D_a] and q_a vs [k_v+; D_v];  "self": two MoCo's
-    negatives: str  # "queue" (MoCo: enqueue the batch's keys) or a pool sampler embedding
-    fc: str  # "cross" (FC of h_a momentum-updated from FC of f_v, §3.3), "self" or "none"
-
-
-# Table 1 / Table 5 / Fig. 2 of the paper, plus two controls.
-METHODS: dict[str, Method] = {
-    "cmacc": Method("cross", "gradient", "cross"),  # Table 1 row 6 (Alg. 1)
-    "xmoco": Method("cross", "queue", "cross"),  # row 5
-    "xmoco_nofcl": Method("cross", "queue", "none"),  # row 4
-    "smoco": Method("self", "queue", "none"),  # row 3
-    "ohem": Method("cross", "ohem", "cross"),  # Table 5
-    "feature_active": Method("cross", "feature", "cross"),  # Fig. 2 "feature embedding"
-    "key_gradient_active": Method("cross", "key_gradient", "cross"),  # released code's embedding
-    "random_pool": Method("cross", "random", "cross"),  # control: pool + U\D, random picks
-    # AVID (Morgado et al. 2020, Eqs. 1-3) and AVID-CMA: memory banks, NCE (cmacc.avid)
-    "avid_self": Method("self", "bank", "none"),
-    "avid_cross": Method("cross", "bank", "none"),
-    "avid_joint": Method("joint", "bank", "none"),
-    "avid_cma": Method("cma", "bank", "none"),  # starts from an AVID run (init_from)
-}
-POOL_NEGATIVES = ("gradient", "feature", "key_gradient", "ohem", "random")
 
 
 @dataclass
@@ -125,7 +99,7 @@ class SamplerConfig:
 
 @dataclass
 class AvidConfig:
-    """AVID's memory-bank methods (method=avid_*; cmacc.avid)."""
+    """AVID's memory-bank methods (method=avid_*; cmacc.methods.avid)."""
 
     # uniform (AVID: K clips per query, without the clip itself) | gradient | feature | key_gradient |
     # ohem | random: K clips of each bank picked by cmacc.sampling.select, shared by the batch
@@ -190,7 +164,7 @@ class RunConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16: autocast for encoders and loss (the sampler stays fp32)
     dist_timeout: float = 1800.0  # seconds a collective may wait for the other ranks before failing
     check_sync_every: int = 0  # every n steps, check that replicated state is bitwise equal on all ranks (0: never)
-    keep_freed_memory: bool = True  # glibc malloc keeps freed blocks: no page faults per step (cmacc.allocator)
+    keep_freed_memory: bool = True  # glibc malloc keeps freed blocks: no page faults per step (cmacc.system.allocator)
 
 
 @dataclass
@@ -227,20 +201,12 @@ class Config:
 
     @property
     def spec(self) -> Method:
+        """The method's registry row (cmacc.methods.registry): its family and fixed options."""
         return METHODS[self.method]
 
     @property
     def fc(self) -> str:
         return self.spec.fc if self.model.fc == "method" else self.model.fc
-
-    @property
-    def uses_pool(self) -> bool:
-        return self.spec.negatives in POOL_NEGATIVES
-
-    @property
-    def uses_bank(self) -> bool:
-        """AVID's memory-bank methods (cmacc.avid) rather than MoCo's queue."""
-        return self.spec.negatives == "bank"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -277,14 +243,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.on_blank": ("skip", "keep", "error"),
     "model.video": VIDEO_PRESETS,
     "model.audio": AUDIO_PRESETS,
-    "model.fc": ("method", "cross", "self", "none"),
+    "model.fc": ("method",) + FC_LAYERS,
     "model.head": ("linear", "mlp"),
-    "avid.negatives": ("uniform", "gradient", "feature", "key_gradient", "ohem", "random"),
+    "avid.negatives": ("uniform",) + EMBEDDINGS,
     "avid.loss": ("nce", "infonce"),
     "avid.bank_init": ("random", "encode"),
-    "cma.agreement": ("consensus", "union", "video", "audio"),
+    "cma.agreement": AGREEMENTS,
     "sampler.first": ("random", "norm"),
-    "sampler.backend": ("auto", "torch", "numba", "triton"),
+    "sampler.backend": BACKENDS,
     "run.precision": ("fp32", "bf16", "fp16"),
 }
 
@@ -382,100 +348,3 @@ def _apply(cfg: Config, key: str, value: Any, source: str) -> None:
     for p in path:
         obj = getattr(obj, p)
     setattr(obj, leaf, value)
-
-
-def read_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
-    """A YAML mapping of config keys, flattened; named errors for a missing or broken file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        detail = " ".join(str(e).split())
-        raise ConfigError(f"{what} {path} is not valid YAML: {detail}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{what} {path} must hold a mapping of keys, got {type(raw).__name__}")
-    return flatten(raw, source=str(path))
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                base: tuple[str, dict[str, Any]] | None = None) -> Config:
-    """Build and validate a Config from an optional YAML file and ``key=value`` overrides.
-    ``base``: (source, nested or flat config) applied first, e.g. a pretraining run's config."""
-    layers: list[tuple[str, dict[str, Any]]] = []
-    if base is not None:
-        layers.append((base[0], flatten(base[1], source=base[0])))
-    if path is not None:
-        layers.append((str(path), read_yaml(path)))
-    sets = dict(parse_set(s) for s in overrides)
-    layers.append(("--set", sets))
-
-    preset = "cpu"
-    for source, layer in layers:
-        if "preset" in layer:
-            preset = layer.pop("preset")
-            if preset not in PRESETS:
-                raise ConfigError(f"config key 'preset' (from {source}) must be one of {sorted(PRESETS)}, got {preset!r}")
-    cfg = Config(preset=preset)
-    for key, value in PRESETS[preset].items():
-        _apply(cfg, key, value, f"preset {preset}")
-    for source, layer in layers:
-        for key, value in layer.items():
-            _apply(cfg, key, value, source)
-    validate(cfg)
-    return cfg
-
-
-def config_from_dict(d: dict[str, Any], source: str = "saved config") -> Config:
-    """Inverse of Config.to_dict (flat or nested); validates."""
-    cfg = Config()
-    for key, value in flatten(d, source=source).items():
-        _apply(cfg, key, value, source)
-    validate(cfg)
-    return cfg
-
-
-# What a resumed run may change: its length, and how it runs and is evaluated...
-RESUMABLE = ("steps", "run.", "probe.", "eval.", "data.num_workers")
-# ...and, to recover from a diverged step, the optimisation keys (with a warning, recorded in run.json).
-RECOVERY = ("lr", "lr_schedule", "warmup_steps", "weight_decay", "tau")
-
-
-def changed_keys(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """{key: (before, after)} for the leaves of two Config.to_dict()'s that differ."""
-    b, a = flatten(before), flatten(after)
-    return {k: (b.get(k), a[k]) for k in a if a[k] != b.get(k) and k != "preset"}
-
-
-def resume_config(saved_path: str | Path, path: str | Path | None = None,
-                  overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The config saved in a run folder, with allowed changes from a file and ``--set``."""
-    saved_path = Path(saved_path)
-    if not saved_path.is_file():
-        raise ConfigError(f"--resume: {saved_path} not found; is {saved_path.parent} a cmacc run folder?")
-    saved = config_from_dict(read_yaml(saved_path, "saved config"), source=str(saved_path))
-    changes: dict[str, Any] = {}
-    if path is not None:
-        changes.update(read_yaml(path))
-    changes.update(dict(parse_set(s) for s in overrides))
-    if "preset" in changes:  # the start's command line repeated (sbatch --requeue): resolve it as a start
-        cfg = load_config(path, overrides)
-    else:
-        cfg = copy.deepcopy(saved)
-        for key, value in changes.items():
-            _apply(cfg, key, value, "--resume override")
-    for key, (was, now) in changed_keys(saved.to_dict(), cfg.to_dict()).items():
-        if not (key.startswith(RESUMABLE) or key in RECOVERY):
-            raise ConfigError(f"config key '{key}' cannot change when resuming (saved {was!r}, asked {now!r}); "
-                              f"only steps, run.*, probe.*, data.num_workers and {', '.join(RECOVERY)} may; "
-                              f"start a new --out instead")
-    validate(cfg)
-    return cfg
-
-
-def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-
-
-from .validation import validate  # noqa: E402  (it reads this module's tables)

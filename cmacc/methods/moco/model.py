@@ -1,6 +1,6 @@
 """Cross-Modal Active Contrastive Coding (CM-ACC, Ma et al., ICLR 2021) -- Algorithm 1.
 
-One module holds the method and its MoCo-style relatives (Table 1, Table 5, Fig. 2):
+One model holds the method and its MoCo-style relatives (Table 1, Table 5, Fig. 2):
 
     objective="cross"  q_v vs [k_a+; D_a] and q_a vs [k_v+; D_v]           (XMoCo, CM-ACC)
     objective="self"   q_v vs [k_v+; D_v] and q_a vs [k_a+; D_a]           (SMoCo)
@@ -12,7 +12,7 @@ One module holds the method and its MoCo-style relatives (Table 1, Table 5, Fig.
                        from the FC of f_v, and the FC on top of h_v from that of f_a
     fc="self"          FC layers momentum-updated within their modality;  fc="none": no FC
 
-Across W ranks (cmacc.dist): M, K, N are global sizes; each rank holds M/W clips of the batch
+Across W ranks (cmacc.system.dist): M, K, N are global sizes; each rank holds M/W clips of the batch
 (global position p on rank p % W). The query encoders are what DistributedDataParallel wraps;
 the key encoders, D_v/D_a and the pool are replicated and updated identically on every rank
 from gathered tensors, as MoCo does. With one process every collective is the identity.
@@ -23,65 +23,30 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import sampling
-from .dist import Comm
-from .models import Encoder
+from ... import sampling
+from ...models import Encoder
+from ...system.dist import Comm
+from ..losses import infonce
+from ..protocol import StepOutput
+from ..shared import SamplerOptions, WrappableQueries, spread
 
 EncodePicks = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-@dataclass
-class SamplerOptions:
-    """How pool negatives are chosen (passed to cmacc.sampling.select)."""
+class Picks(NamedTuple):
+    """One step's active negatives: rows S of the pool U and their clip ids, per modality."""
 
-    first: str = "random"  # first k-means++ centroid: random (Alg. 3 l.2) | norm (BADGE)
-    temperature: float = 1.0  # pseudo-posterior softmax temperature (Eq. 5 has none)
-    backend: str = "torch"  # resolved backend: torch | triton
-    exclude_batch: bool = True  # the mini-batch's own clips are positives, never negatives
-
-
-@dataclass
-class StepOutput:
-    loss: torch.Tensor  # L_v + L_a over this rank's m queries, scalar with grad
-    loss_v: torch.Tensor  # video queries' InfoNCE (Eq. 7), detached
-    loss_a: torch.Tensor  # audio queries' InfoNCE, detached
-    acc_v: torch.Tensor  # pretext top-1: the positive outscores all K negatives, detached
-    acc_a: torch.Tensor
-    enqueued_v: torch.Tensor  # clip ids enqueued into D_v this step (M,), the same on every rank
-    enqueued_a: torch.Tensor  # clip ids enqueued into D_a this step (M,)
-    spread_v: torch.Tensor  # sqrt(1 - |mean q_v|^2) over this rank's queries: 0 when they collapse to one point
-    spread_a: torch.Tensor
-    age_gap_v: torch.Tensor | None = None  # age_gap of D_v for the queries contrasted with it, detached
-    age_gap_a: torch.Tensor | None = None  # ... of D_a
-    timings: dict[str, float | None] = field(default_factory=dict)  # seconds; pruned_v/a: fractions
-    negatives_v: torch.Tensor | None = None  # clip ids (K,) of the dictionary q_v was contrasted with
-    negatives_a: torch.Tensor | None = None  # ... and q_a
-    batch_ids: torch.Tensor | None = None  # the global mini-batch's clip ids (M,)
-
-
-class QueryEncoders(nn.Module):
-    """f_v and f_a as one module: the part with gradients, which DistributedDataParallel wraps."""
-
-    def __init__(self, f_v: Encoder, f_a: Encoder) -> None:
-        super().__init__()
-        self.f_v, self.f_a = f_v, f_a
-
-    def forward(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.f_v(video), self.f_a(audio)
-
-
-@torch.no_grad()
-def spread(q: torch.Tensor) -> torch.Tensor:
-    """Root mean squared distance of unit queries to their mean: 1 for a spread batch, 0 for a collapsed one."""
-    return (1 - q.float().mean(0).square().sum()).clamp_min(0).sqrt()
+    S_v: torch.Tensor
+    S_a: torch.Tensor
+    ids_v: torch.Tensor
+    ids_a: torch.Tensor
 
 
 @torch.no_grad()
@@ -97,18 +62,7 @@ def age_gap(q: torch.Tensor, D: torch.Tensor, ptr: torch.Tensor, M: int) -> torc
     return (q @ D[newest].float().T).mean() - (q @ D[oldest].float().T).mean()
 
 
-def infonce(q: torch.Tensor, k_pos: torch.Tensor, D: torch.Tensor, tau: float):
-    """Eq. 7: -log exp(q.k+/tau) / sum_{j=0..K} exp(q.k_j/tau); returns (loss, top-1 acc)."""
-    l_pos = (q * k_pos).sum(dim=1, keepdim=True)  # l_pos: M x 1
-    l_neg = q @ D.T  # l_neg: M x K
-    logits = torch.cat([l_pos, l_neg], dim=1) / tau  # M x (1+K)
-    labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)  # the positive is column 0
-    loss = F.cross_entropy(logits, labels)
-    acc = (logits.argmax(dim=1) == 0).float().mean()
-    return loss, acc.detach()
-
-
-class CrossModalMoCo(nn.Module):
+class CrossModalMoCo(WrappableQueries, nn.Module):
     """Query encoders f_v, f_a (trained); key encoders h_v, h_a (momentum); dictionaries D_v, D_a.
 
     f_v, f_a:   query encoders (cmacc.models.Encoder); the key encoders are deep copies.
@@ -120,7 +74,7 @@ class CrossModalMoCo(nn.Module):
     objective:  "cross" | "self";  negatives: "queue" | an embedding;  fc: "cross" | "self" | "none"
     shuffle_bn: shuffle the key batch before the key encoders (split-BN makes it matter); across
                 ranks the shuffle moves clips between ranks (MoCo's _batch_shuffle_ddp).
-    comm:       cmacc.dist.Comm of the run (default: one process).
+    comm:       cmacc.system.dist.Comm of the run (default: one process).
     """
 
     def __init__(self, f_v: Encoder, f_a: Encoder, *, K: int, M: int, N: int, m: float, tau: float,
@@ -128,27 +82,14 @@ class CrossModalMoCo(nn.Module):
                  shuffle_bn: bool = True, sampler: SamplerOptions | None = None,
                  comm: Comm | None = None) -> None:
         super().__init__()
-        if objective not in ("cross", "self"):
-            raise ValueError(f"objective must be 'cross' or 'self', got {objective!r}")
-        if negatives != "queue" and negatives not in sampling.EMBEDDINGS:
-            raise ValueError(f"negatives must be 'queue' or one of {sampling.EMBEDDINGS}, got {negatives!r}")
-        if fc not in ("cross", "self", "none"):
-            raise ValueError(f"fc must be 'cross', 'self' or 'none', got {fc!r}")
-        if (f_v.fc is None) != (fc == "none") or (f_a.fc is None) != (fc == "none"):
-            raise ValueError(f"fc={fc!r} but the encoders were built {'with' if f_v.fc is not None else 'without'} an FC layer")
-        if fc == "cross" and objective == "self":
-            raise ValueError("fc='cross' needs the cross-modal objective")
-        if K % M:
-            raise ValueError(f"K={K} must be a multiple of M={M}")
+        _check(f_v, f_a, K, M, objective, negatives, fc)
         self.K, self.M, self.N, self.m, self.tau = K, M, N, m, tau
         self.objective, self.negatives, self.fc, self.shuffle_bn = objective, negatives, fc, shuffle_bn
         self.sampler = sampler or SamplerOptions()
         self.comm = comm or Comm()
 
         self.f_v, self.f_a = f_v, f_a  # query encoders
-        # q_v, q_a = encode_queries(video, audio): QueryEncoders, or DDP around it (wrap_queries).
-        # Kept out of the module tree so that the state dict holds f_v / f_a once.
-        self.__dict__["encode_queries"] = QueryEncoders(f_v, f_a)
+        self._init_queries()  # q_v, q_a = encode_queries(video, audio): QueryEncoders, or DDP around it
         self.h_v, self.h_a = copy.deepcopy(f_v), copy.deepcopy(f_a)  # key encoders
         for p in list(self.h_v.parameters()) + list(self.h_a.parameters()):
             p.requires_grad = False  # updated by momentum only
@@ -171,11 +112,6 @@ class CrossModalMoCo(nn.Module):
     @property
     def uses_pool(self) -> bool:
         return self.negatives != "queue"
-
-    def wrap_queries(self, wrap: Callable[[nn.Module], nn.Module]) -> nn.Module:
-        """Replace the query path by ``wrap(QueryEncoders(f_v, f_a))``, e.g. DDP; returns it."""
-        self.__dict__["encode_queries"] = wrap(QueryEncoders(self.f_v, self.f_a))
-        return self.encode_queries
 
     # ---- momentum (Eq. 4, Alg. 1 l.38-39) and the cross-modal FC layer (§3.3) ----
     def _momentum_pairs(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
@@ -227,16 +163,15 @@ class CrossModalMoCo(nn.Module):
         self.U_a.copy_(keys_a)
 
     @torch.no_grad()
-    def _enqueue(self, D: torch.Tensor, D_ids: torch.Tensor, keys: torch.Tensor, ids: torch.Tensor) -> None:
-        """ENQUEUE(DEQUEUE(D), keys): overwrite the oldest M entries (FIFO)."""
+    def _enqueue(self, keys_v: torch.Tensor, keys_a: torch.Tensor, ids_v: torch.Tensor, ids_a: torch.Tensor) -> None:
+        """D <- ENQUEUE(DEQUEUE(D), keys) for both modalities: overwrite the oldest M entries (FIFO)."""
         ptr = int(self.queue_ptr)
-        D[ptr:ptr + keys.shape[0]] = keys
-        D_ids[ptr:ptr + keys.shape[0]] = ids
-
-    @torch.no_grad()
-    def _advance(self) -> None:
+        for D, D_ids, keys, ids in ((self.D_v, self.D_v_ids, keys_v, ids_v), (self.D_a, self.D_a_ids, keys_a, ids_a)):
+            D[ptr:ptr + keys.shape[0]] = keys
+            D_ids[ptr:ptr + keys.shape[0]] = ids
         self.queue_ptr.copy_((self.queue_ptr + self.M) % self.K)
 
+    # ---- keys (Alg. 1 l.31) ----
     def _shuffle(self, m: int, generator: torch.Generator | None) -> torch.Tensor | None:
         """The key batch's shuffle (MoCo's shuffling BN): one permutation of the M global positions
         from the step's generator, the same on every rank; None without shuffling."""
@@ -258,6 +193,7 @@ class CrossModalMoCo(nn.Module):
         k = c.gather(h(c.permute(x, perm)).float())  # M x d, in shuffled order
         return k[torch.argsort(perm).to(k.device)]
 
+    # ---- active sampling (Alg. 1 l.14-30) ----
     @torch.no_grad()
     def _pick(self, U: torch.Tensor, D_ids: torch.Tensor, queries: torch.Tensor, batch_ids: torch.Tensor,
               generator: torch.Generator | None) -> tuple[torch.Tensor, float | None]:
@@ -273,6 +209,38 @@ class CrossModalMoCo(nn.Module):
         available = int(stats[1:, 0].sum() - stats[1:, 1].sum())  # rows seen in D^2 rounds, not excluded
         return picks, (float(stats[1:, 2:5].sum() / available) if available else None)  # rows not read
 
+    def _select(self, q_for_Dv: torch.Tensor, q_for_Da: torch.Tensor, batch_ids: torch.Tensor, generator,
+                encode_picks: EncodePicks | None, timings: dict) -> Picks:
+        """l.14-20 and l.23-29: D_v's negatives chosen by the queries contrasted against D_v, and
+        vice versa. One modality's picks start loading (encode_picks.prefetch) while the other's
+        are sampled."""
+        c = self.comm
+        Q_Dv, Q_Da = c.gather(q_for_Dv.detach().float()), c.gather(q_for_Da.detach().float())  # M x d
+        prefetch = getattr(encode_picks, "prefetch", None)
+        t0 = time.perf_counter()
+        S_v, timings["pruned_v"] = self._pick(self.U_v, self.D_v_ids, Q_Dv, batch_ids, generator)
+        ids_v = self.U_ids[S_v]
+        if prefetch is not None:
+            prefetch("video", c.shard(ids_v))
+        S_a, timings["pruned_a"] = self._pick(self.U_a, self.D_a_ids, Q_Da, batch_ids, generator)
+        ids_a = self.U_ids[S_a]
+        if prefetch is not None:
+            prefetch("audio", c.shard(ids_a))
+        if Q_Dv.is_cuda:
+            torch.cuda.synchronize(Q_Dv.device)
+        timings["sampler"] = time.perf_counter() - t0
+        return Picks(S_v, S_a, ids_v, ids_a)
+
+    def _pick_keys(self, picks: Picks, encode_picks: EncodePicks | None, timings: dict):
+        """The picks' keys (M x d each): re-encoded by the current h (encode_picks, called with this
+        rank's share), or the pool's keys from its last refresh (l.9)."""
+        if encode_picks is None:
+            return self.U_v[picks.S_v], self.U_a[picks.S_a]
+        c, t0 = self.comm, time.perf_counter()
+        keys_v, keys_a = encode_picks(c.shard(picks.ids_v), c.shard(picks.ids_a))  # h_v(v_n), h_a(a_n) now
+        timings["encode_picks"] = time.perf_counter() - t0
+        return c.gather(keys_v.float()), c.gather(keys_a.float())
+
     # ---- one training step (Alg. 1 l.11-37) ----
     def forward(self, video: torch.Tensor, audio: torch.Tensor, ids: torch.Tensor,
                 video_k: torch.Tensor | None = None, audio_k: torch.Tensor | None = None,
@@ -282,70 +250,57 @@ class CrossModalMoCo(nn.Module):
         video_k / audio_k: the key views (second augmentations) for the unimodal objective;
         the cross-modal objective encodes keys from the same clips (Alg. 1 l.31).
         encode_picks(ids_v, ids_a) -> (keys_v, keys_a): keys of picked pool clips from the
-        *current* key encoders, called with this rank's share of the picks; its optional
-        ``prefetch(modality, ids)`` is called as soon as one modality's picks are known. Without it the
-        pool's keys from its last refresh are enqueued (Alg. 1 as printed); those are older than
-        every positive key, and the queries can learn to tell keys apart by age alone -- see
-        README, "stale pool keys".
-        generator: the step's generator, identical on every rank (shuffles and sampler draws).
+        *current* key encoders (its optional ``prefetch(modality, ids)`` starts loading them);
+        without it the pool's keys from its last refresh are enqueued (Alg. 1 as printed), which
+        are older than every positive key -- see README, "stale pool keys".
+        generator: the step's generator, identical on every rank (shuffles, then sampler draws).
         """
         c, timings = self.comm, {}
         q_v, q_a = self.encode_queries(video, audio)  # q_v: m x d (l.23), q_a: m x d (l.14)
-        # The shuffles are drawn before the sampler's noise (one generator stream), but the keys are
-        # encoded after the picks are known: the picks load in workers meanwhile.
         perm_v, perm_a = self._shuffle(q_v.shape[0], generator), self._shuffle(q_a.shape[0], generator)
         batch_ids = c.gather(ids)  # M
-        # The queries that will be contrasted against D_v choose D_v's negatives, and vice versa.
-        q_for_Dv, q_for_Da = (q_a, q_v) if self.objective == "cross" else (q_v, q_a)
-
-        if self.uses_pool:  # Active sampling (l.14-30), enqueued before the loss as in Alg. 1
-            Q_Dv, Q_Da = c.gather(q_for_Dv.detach().float()), c.gather(q_for_Da.detach().float())  # M x d
-            t0 = time.perf_counter()
-            prefetch = getattr(encode_picks, "prefetch", None)  # load one modality's picks during the other's
-            S_v, timings["pruned_v"] = self._pick(self.U_v, self.D_v_ids, Q_Dv, batch_ids, generator)  # l.14-20
-            enq_v = self.U_ids[S_v]
-            if prefetch is not None:
-                prefetch("video", c.shard(enq_v))
-            S_a, timings["pruned_a"] = self._pick(self.U_a, self.D_a_ids, Q_Da, batch_ids, generator)  # l.23-29
-            enq_a = self.U_ids[S_a]
-            if prefetch is not None:
-                prefetch("audio", c.shard(enq_a))
-            if video.is_cuda:
-                torch.cuda.synchronize(video.device)
-            timings["sampler"] = time.perf_counter() - t0
+        cross = self.objective == "cross"
+        q_for_Dv, q_for_Da = (q_a, q_v) if cross else (q_v, q_a)  # who is contrasted against D_v, D_a
+        if self.uses_pool:  # active sampling (l.14-30); the keys are encoded while the picks load
+            picks = self._select(q_for_Dv, q_for_Da, batch_ids, generator, encode_picks, timings)
         with torch.no_grad():
             k_v = self._keys(self.h_v, video if video_k is None else video_k, perm_v)  # k_v: M x d (l.31)
             k_a = self._keys(self.h_a, audio if audio_k is None else audio_k, perm_a)  # k_a: M x d
-        if self.uses_pool:
-            if encode_picks is None:
-                keys_v, keys_a = self.U_v[S_v], self.U_a[S_a]  # keys from the last pool refresh (l.9)
-            else:
-                t0 = time.perf_counter()
-                keys_v, keys_a = encode_picks(c.shard(enq_v), c.shard(enq_a))  # h_v(v_n), h_a(a_n) now
-                keys_v, keys_a = c.gather(keys_v.float()), c.gather(keys_a.float())  # M x d
-                timings["encode_picks"] = time.perf_counter() - t0
-            self._enqueue(self.D_v, self.D_v_ids, keys_v, enq_v)  # l.21
-            self._enqueue(self.D_a, self.D_a_ids, keys_a, enq_a)  # l.30
-            self._advance()
-
-        # Cross-modal (or unimodal) contrastive coding, Eq. 7 (l.32-34), over this rank's queries
-        # and their positives. D is cloned: the queue is updated in place after the graph is built.
+        if self.uses_pool:  # l.21, l.30: enqueued before the loss, as in Alg. 1
+            self._enqueue(*self._pick_keys(picks, encode_picks, timings), picks.ids_v, picks.ids_a)
+        # Eq. 7 (l.32-34) over this rank's queries; D is cloned: the queue changes in place later.
         D_v, D_a = self.D_v.clone(), self.D_a.clone()
         kv, ka = c.shard(k_v), c.shard(k_a)  # m x d: positives of the local queries
-        neg_v, neg_a = (self.D_a_ids, self.D_v_ids) if self.objective == "cross" else (self.D_v_ids, self.D_a_ids)
-        neg_v, neg_a = neg_v.clone(), neg_a.clone()  # for diagnostics: the entries each query met
-        if self.objective == "cross":
-            loss_v, acc_v = infonce(q_v, ka, D_a, self.tau)  # q_v vs [k_a+; D_a]
-            loss_a, acc_a = infonce(q_a, kv, D_v, self.tau)  # q_a vs [k_v+; D_v]
-        else:
-            loss_v, acc_v = infonce(q_v, kv, D_v, self.tau)  # q_v vs [k_v+; D_v]
-            loss_a, acc_a = infonce(q_a, ka, D_a, self.tau)  # q_a vs [k_a+; D_a]
-
-        age_v, age_a = (age_gap(q, D, self.queue_ptr, self.M) for q, D in ((q_for_Dv, D_v), (q_for_Da, D_a)))
+        loss_v, acc_v = infonce(q_v, ka, D_a, self.tau) if cross else infonce(q_v, kv, D_v, self.tau)
+        loss_a, acc_a = infonce(q_a, kv, D_v, self.tau) if cross else infonce(q_a, ka, D_a, self.tau)
+        out = StepOutput(loss_v + loss_a, loss_v.detach(), loss_a.detach(), acc_v, acc_a,
+                         picks.ids_v if self.uses_pool else batch_ids, picks.ids_a if self.uses_pool else batch_ids,
+                         spread(q_v), spread(q_a), timings=timings, batch_ids=batch_ids)
+        self._measure(out, q_for_Dv, q_for_Da, D_v, D_a)
         if not self.uses_pool:  # MoCo: enqueue the global batch's keys after the loss
-            enq_v = enq_a = batch_ids
-            self._enqueue(self.D_v, self.D_v_ids, k_v, batch_ids)
-            self._enqueue(self.D_a, self.D_a_ids, k_a, batch_ids)
-            self._advance()
-        return StepOutput(loss_v + loss_a, loss_v.detach(), loss_a.detach(), acc_v, acc_a,
-                          enq_v, enq_a, spread(q_v), spread(q_a), age_v, age_a, timings, neg_v, neg_a, batch_ids)
+            self._enqueue(k_v, k_a, batch_ids, batch_ids)
+        return out
+
+    def _measure(self, out: StepOutput, q_for_Dv, q_for_Da, D_v: torch.Tensor, D_a: torch.Tensor) -> None:
+        """Diagnostics (no effect on training): the dictionary entries each modality's queries met,
+        and how much more they score the newest entries than the oldest (age_gap)."""
+        v_met, a_met = (self.D_a_ids, self.D_v_ids) if self.objective == "cross" else (self.D_v_ids, self.D_a_ids)
+        out.negatives_v, out.negatives_a = v_met.clone(), a_met.clone()
+        out.age_gap_v = age_gap(q_for_Dv, D_v, self.queue_ptr, self.M)  # of D_v, for its queries
+        out.age_gap_a = age_gap(q_for_Da, D_a, self.queue_ptr, self.M)
+
+
+def _check(f_v: Encoder, f_a: Encoder, K: int, M: int, objective: str, negatives: str, fc: str) -> None:
+    from ..registry import FC_LAYERS, MOCO_OBJECTIVES
+    if objective not in MOCO_OBJECTIVES:
+        raise ValueError(f"objective must be one of {MOCO_OBJECTIVES}, got {objective!r}")
+    if negatives != "queue" and negatives not in sampling.EMBEDDINGS:
+        raise ValueError(f"negatives must be 'queue' or one of {sampling.EMBEDDINGS}, got {negatives!r}")
+    if fc not in FC_LAYERS:
+        raise ValueError(f"fc must be one of {FC_LAYERS}, got {fc!r}")
+    if (f_v.fc is None) != (fc == "none") or (f_a.fc is None) != (fc == "none"):
+        raise ValueError(f"fc={fc!r} but the encoders were built {'with' if f_v.fc is not None else 'without'} an FC layer")
+    if fc == "cross" and objective == "self":
+        raise ValueError("fc='cross' needs the cross-modal objective")
+    if K % M:
+        raise ValueError(f"K={K} must be a multiple of M={M}")

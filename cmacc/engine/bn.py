@@ -1,9 +1,9 @@
 """BatchNorm across ranks: split-BN groups of the global batch, SyncBN groups, running statistics.
 
-``model.bn_splits`` counts BatchNorm groups of the *global* batch M (0 = one per rank, as MoCo's
-per-GPU BN). With W ranks, s groups are s/W split-BN groups per rank when W divides s; otherwise
+``model.bn_splits`` counts BatchNorm groups of the *global* batch M (0 = one per rank: per-GPU
+BN, as in He et al. 2020). With W ranks, s groups are s/W split-BN groups per rank when W divides s; otherwise
 SyncBatchNorm (CUDA) joins W/s ranks per group. Running statistics are averaged over ranks after
-every step (cmacc.train), so checkpoints do not depend on W.
+every step (cmacc.engine.train), so checkpoints do not depend on W.
 """
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ import logging
 import torch
 from torch import nn
 
-from .config import Config, ConfigError
-from .dist import Comm
-from .moco import CrossModalMoCo
+from ..config import Config, ConfigError
+from ..system.dist import Comm
 
 log = logging.getLogger("cmacc")
 
@@ -38,18 +37,26 @@ def bn_layout(cfg: Config, world: int, cuda: bool) -> tuple[int, list[list[int]]
     if s % world:
         raise ConfigError(f"config key 'model.bn_splits': {s} BatchNorm group(s) of the global batch cannot be "
                           f"computed by {world} ranks without SyncBN; use a multiple of {world} "
-                          f"(0 or {world}: BatchNorm per rank, as MoCo) or model.sync_bn=true on CUDA")
+                          f"(0 or {world}: BatchNorm per rank, per-GPU BN) or model.sync_bn=true on CUDA")
     if cfg.model.sync_bn:
         log.warning("model.sync_bn has no effect: bn_splits=%d groups fall on whole ranks", s)
     return s // world, None
 
 
-def sync_batchnorm(model: CrossModalMoCo, comm: Comm, groups: list[list[int]]) -> None:
-    """Every BN layer becomes a SyncBatchNorm over this rank's group (CUDA/NCCL only)."""
+def sync_batchnorm(modules: list[nn.Module], comm: Comm, groups: list[list[int]]) -> None:
+    """Every BN layer of ``modules`` (the family's sync_bn_modules) becomes a SyncBatchNorm over
+    this rank's group (CUDA/NCCL only)."""
     pgs = [torch.distributed.new_group(g) for g in groups]  # every rank creates every group, in order
-    mine = pgs[[comm.rank in g for g in groups].index(True)]
-    for enc in (model.f_v, model.f_a, model.h_v, model.h_a):
-        nn.SyncBatchNorm.convert_sync_batchnorm(enc, mine)
+    convert_sync_batchnorm(modules, pgs[[comm.rank in g for g in groups].index(True)])
+
+
+def convert_sync_batchnorm(modules: list[nn.Module], group) -> None:
+    """Replace the BN layers inside each module, in place (a module that is itself a BN layer
+    cannot be replaced in place: refused)."""
+    for module in modules:
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            raise ValueError(f"{type(module).__name__} cannot be converted in place; pass its parent")
+        nn.SyncBatchNorm.convert_sync_batchnorm(module, group)
 
 
 def bn_statistics(model: nn.Module) -> list[torch.Tensor]:

@@ -6,18 +6,16 @@ from __future__ import annotations
 import hashlib
 
 import torch
+from torch import nn
 
-from .moco import CrossModalMoCo
 
-
-def replicated_state(model: CrossModalMoCo, enq_v: torch.Tensor, enq_a: torch.Tensor) -> dict[str, torch.Tensor]:
-    """What must be bitwise identical on every rank after a step."""
-    named = {"picks_v": enq_v, "picks_a": enq_a}
-    named.update({f"buffer {k}": v for k, v in model.named_buffers()})  # queues, ids, pointer, pool, BN stats
-    for name in ("h_v", "h_a", "f_v", "f_a"):
-        if not hasattr(model, name):  # AVID has no key encoders
-            continue
-        named[f"{name} parameters"] = torch.cat([p.detach().reshape(-1) for p in getattr(model, name).parameters()])
+def replicated_state(model: nn.Module, written_v: torch.Tensor, written_a: torch.Tensor,
+                     parameters: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What must be bitwise identical on every rank after a step: the ids written into the
+    dictionaries, every buffer (queues, pool, banks, BN statistics) and the family's ``parameters``."""
+    named = {"picks_v": written_v, "picks_a": written_a}
+    named.update({f"buffer {k}": v for k, v in model.named_buffers()})
+    named.update(parameters)
     return named
 
 
@@ -42,7 +40,7 @@ def class_separation(keys: torch.Tensor, labels: torch.Tensor) -> float:
 def false_negative_rate(labels: torch.Tensor, query_ids: torch.Tensor, dict_ids: torch.Tensor) -> float | None:
     """Mean over the queries of the fraction of dictionary entries that share the query's latent
     label: negatives that are really positives (class collisions, Arora et al. 2019). None
-    without labels. dict_ids: K ids shared by every query, or one row of ids per query (AVID)."""
+    without labels. dict_ids: K ids shared by every query, or one row of ids per query (memory banks)."""
     if dict_ids.dim() == 2:
         q, d = labels[query_ids.cpu()], labels[dict_ids.cpu()]
         keep = q >= 0

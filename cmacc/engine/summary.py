@@ -10,9 +10,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import checkpoint, probe
-from .config import Config
-from .data.build import Data
+from ..config import Config
+from ..data.build import Data
+from ..evaluation import probe
+from ..system import checkpoint
 
 
 def _negatives(recs: list[dict], data: Data, M: int) -> dict:

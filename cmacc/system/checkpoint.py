@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 FORMAT = 1
 
@@ -90,7 +90,7 @@ def load_matching(model: torch.nn.Module, run_dir: str | Path, need: list[str], 
     """Start ``model`` from another run: every tensor of its newest intact checkpoint that the model
     has with the same shape. All of the encoders (f_v., f_a.) and the names in ``need`` must fit,
     else a ConfigError naming config ``key``. Returns the names taken."""
-    from .config import ConfigError
+    from ..config import ConfigError
     try:
         _, state, _ = newest_intact(Path(run_dir) / "checkpoints")
     except CheckpointError as e:

@@ -10,7 +10,7 @@ import signal
 import threading
 from pathlib import Path
 
-from . import checkpoint
+from ..system import checkpoint
 
 log = logging.getLogger("cmacc")
 

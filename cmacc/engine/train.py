@@ -1,19 +1,25 @@
-"""Pretraining loop: data -> CrossModalMoCo -> Adam -> momentum update; pool, checkpoints, probe.
+"""Pretraining loop: data -> the method's model -> Adam -> the family's update; checkpoints, probe.
+
+The loop names no method: what differs between families (the model, its start-up state, work
+before a step, keyword arguments of its forward, the update after Adam, its chance-level loss,
+its SyncBN modules, the clips it needs) is asked of ``cmacc.methods.family(cfg.method)``
+(cmacc.methods.protocol.Family).
 
 One process per GPU (or per CPU job) runs :class:`Pretraining`; W processes started by torchrun
-or srun form one run through cmacc.dist, and a single process is the W = 1 case of the same
+or srun form one run through cmacc.system.dist, and a single process is the W = 1 case of the same
 code. M, K and N are global: each rank takes M/W clips of every global batch, the query
-encoders are wrapped in DistributedDataParallel, and the key encoders, queues and pool are
-replicated and updated identically from gathered tensors (see moco.py). BatchNorm statistics are
-per group of the global batch (``model.bn_splits``), and running statistics are averaged over
-ranks every step, so a run's trajectory and checkpoints do not depend on W.
+encoders are wrapped in DistributedDataParallel, and the rest of the method's state (key
+encoders, dictionaries, pools, banks) is replicated and updated identically from gathered
+tensors. BatchNorm statistics are per group of the global batch (``model.bn_splits``), and
+running statistics are averaged over ranks every step, so a run's trajectory and checkpoints do
+not depend on W.
 
 Every random choice is derived from (seed, purpose, step/epoch) rather than from a running
-RNG (cmacc.feed), so a run resumed from a checkpoint reproduces the uninterrupted run's steps
+RNG (cmacc.system.seeds), so a run resumed from a checkpoint reproduces the uninterrupted run's steps
 exactly on CPU with the same W: the data order and augmentations, key-batch shuffles and
 sampler draws all follow from the step number. The checkpoint holds what cannot be recomputed:
-encoders, FC layers, optimizer (and fp16 loss scaler), queues and their pointer, the pool's
-clips and keys, the step. Global rank 0 alone writes the run folder.
+the model's state dict (encoders, FC layers, and the family's state: queues, pool, banks, ...),
+the optimizer (and fp16 loss scaler), the step. Global rank 0 alone writes the run folder.
 """
 from __future__ import annotations
 
@@ -36,20 +42,22 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import checkpoint, cores, dist, provenance, run_folder
-from .allocator import keep_freed_memory
-from .avid import AVID
+from .. import methods
+from ..config import RECOVERY, Config, ConfigError, changed_keys, dump_yaml
+from ..data.build import build_data
+from ..methods.protocol import Context
+from ..models import build_encoder
+from ..sampling import NonFiniteInput, resolve_backend
+from ..system import checkpoint, cores, dist, provenance
+from ..system.allocator import keep_freed_memory
+from ..system.dist import Comm
+from ..system.seeds import STEP, generator
+from . import run_folder
 from .bn import bn_layout, bn_statistics, sync_batchnorm
-from .config import RECOVERY, Config, ConfigError, changed_keys, dump_yaml
-from .data.build import build_data
-from .diagnostics import class_separation, count_categories, false_negative_rate, ids_digest, replicated_state
-from .dist import Comm
-from .feed import STEP, Feed, PickEncoder, StepBatches, generator, init_banks, init_queues, refresh_pool
+from .diagnostics import count_categories, false_negative_rate, ids_digest, replicated_state
+from .feed import Feed, StepBatches, encode_clips
 from .health import CollapseWatch, all_finite, non_finite_names
-from .moco import CrossModalMoCo, SamplerOptions
-from .models import build_encoder
 from .precision import autocast, grad_scaler
-from .sampling import NonFiniteInput, resolve_backend
 from .summary import finish
 
 log = logging.getLogger("cmacc")
@@ -96,21 +104,10 @@ def build_encoders(cfg: Config, seed: int | None = None, bn_splits: int | None =
 
 
 def build_model(cfg: Config, backend: str, comm: Comm | None = None, bn_splits: int | None = None,
-                n_train: int | None = None) -> CrossModalMoCo | AVID:
-    """The method's model: CrossModalMoCo (moco.py) or, for the memory-bank methods, AVID (avid.py,
-    one bank row per training clip: n_train)."""
-    f_v, f_a = build_encoders(cfg, bn_splits=bn_splits)
-    options = SamplerOptions(first=cfg.sampler.first, temperature=cfg.sampler.temperature, backend=backend,
-                             exclude_batch=cfg.sampler.exclude_batch)
-    if cfg.uses_bank:
-        a, c = cfg.avid, cfg.cma
-        return AVID(f_v, f_a, n_train if n_train is not None else cfg.data.train_size, objective=cfg.spec.objective,
-                    K=a.num_negatives, tau=a.tau, momentum=a.momentum, loss=a.loss, negatives=a.negatives,
-                    pos_k=c.pos_k, num_positives=c.num_positives, agreement=c.agreement,
-                    within_weight=c.within_weight, sampler=options, comm=comm, seed=cfg.seed)
-    return CrossModalMoCo(
-        f_v, f_a, K=cfg.K, M=cfg.M, N=cfg.N, m=cfg.m, tau=cfg.tau, objective=cfg.spec.objective,
-        negatives=cfg.spec.negatives, fc=cfg.fc, shuffle_bn=cfg.model.shuffle_bn, comm=comm, sampler=options)
+                n_train: int | None = None):
+    """The method's model, built by its family (n_train: training clips, default data.train_size)."""
+    return methods.family(cfg.method).build(cfg, build_encoders(cfg, bn_splits=bn_splits), comm or Comm(),
+                                            n_train if n_train is not None else cfg.data.train_size, backend)
 
 
 @dataclass
@@ -146,20 +143,35 @@ class Pretraining:
         self.prov = provenance.collect(self.device)
         log.info("method=%s device=%s sampler backend=%s world size %d", cfg.method, self.prov["device_name"],
                  self.backend, comm.world)
+        self.family = methods.family(cfg.method)
         self._build_data()
         self.model = build_model(cfg, self.backend, comm, self.bn_per_rank, self.n_train).to(self.device)
         if self.sync_groups:
-            sync_batchnorm(self.model, comm, self.sync_groups)
+            sync_batchnorm(self.family.sync_bn_modules(self.model), comm, self.sync_groups)
         self.bn_stats = bn_statistics(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scaler = grad_scaler(self.device, enabled=cfg.run.precision == "fp16")
         self.lrs = lr_schedule(cfg)
         self.spe = max(1, self.n_train // cfg.M)  # steps per epoch
-        self.refresh_every = cfg.pool_refresh or self.spe
         self.feed = Feed(self.data.train, self.device, cfg, self._skipped, workers=self.budget.workers)
-        self.collapse = CollapseWatch(cfg.K, warmup=cfg.warmup_steps)
+        self.ctx = self._context()
+        self.collapse = CollapseWatch(lambda: self.family.chance_loss(cfg, self.model), warmup=cfg.warmup_steps)
         self.saved_step = None  # the newest checkpoint on disk: the last good state
+
+    def _context(self) -> Context:
+        """What the method's family may use: settings, the feed, and the engine's services."""
+        cfg, c = self.cfg, self.comm
+
+        def mark(where: str) -> None:
+            self.where["where"] = where
+
+        return Context(cfg=cfg, comm=c, n_train=self.n_train, steps_per_epoch=self.spe, amp=self.amp, feed=self.feed,
+                       labels=self.labels, is_main=c.is_main, mark=mark,
+                       encode=lambda encoders, ids, tag, round_: encode_clips(encoders, self.feed, c, ids, tag, round_,
+                                                                              cfg.M, self.amp),
+                       generator=lambda *keys: generator(cfg.seed, *keys),
+                       average_bn=lambda: c.average_(self.bn_stats))
 
     def _preflight(self) -> Exception | None:
         if self.last.exists() and not self.resume:
@@ -192,19 +204,15 @@ class Pretraining:
         if c.is_main:
             self.out.mkdir(parents=True, exist_ok=True)  # scan.json may be written first
         shared_scan = cfg.data.name == "manifest" and not cfg.data.scan and c.distributed
+        views = self.family.key_views(cfg)
         if c.is_main or not shared_scan:
-            self.data = build_data(cfg, self.device, self.out if c.is_main else None)
+            self.data = build_data(cfg, self.device, self.out if c.is_main else None, views=views)
         if shared_scan:  # rank 0 scanned; the other ranks take its records
             scan = c.broadcast_object(self.data.scan if c.is_main else None)
             if not c.is_main:
-                self.data = build_data(cfg, self.device, None, scan=scan)
+                self.data = build_data(cfg, self.device, None, scan=scan, views=views)
         self.labels, self.n_train = self.data.labels, len(self.data.train)
-        bank = cfg.avid.num_negatives + 1 + (cfg.cma.pos_k if cfg.spec.objective == "cma" else 0)
-        for key, need, what in (("M", cfg.M, "one mini-batch"), ("N", cfg.N if cfg.uses_pool else 0, "the pool"),
-                                ("K", cfg.K if cfg.queue_init == "clips" and not cfg.uses_bank else 0,
-                                 "the initial dictionary"),
-                                ("avid.num_negatives", bank if cfg.uses_bank else 0,
-                                 "each clip's negatives (other clips, outside its CMA positive set)")):
+        for key, need, what in self.family.data_needs(cfg):
             if need > self.n_train:
                 raise ConfigError(f"config key '{key}': {what} needs {need} distinct clips but the dataset has "
                                   f"{self.n_train} usable ones ({len(self.data.info.get('excluded', []))} left out)")
@@ -235,7 +243,7 @@ class Pretraining:
 
     # ---- start, resume, save ----
     def start(self) -> int:
-        """Fresh run (queues from K clips) or resume; then rank 0's state is everyone's, and DDP."""
+        """Fresh run (the family's start-up state) or resume; then rank 0's state is everyone's, and DDP."""
         cfg, c, start = self.cfg, self.comm, 0
         if self.resume:
             start = self._load()
@@ -244,20 +252,11 @@ class Pretraining:
                 self.ckpt_dir.mkdir(parents=True, exist_ok=True)
                 self.metrics_path.write_text("")
                 self.skips_path.write_text("")
-            if cfg.init_from:  # avid_cma also needs the AVID run's banks and Z (the same training clips)
-                banks = ["bank_v", "bank_a", "Z"] if cfg.spec.objective == "cma" else []
-                taken = checkpoint.load_matching(self.model, cfg.init_from, banks, "init_from")
+            if cfg.init_from:  # the encoders, and the family's state it asks for (e.g. a source run's banks)
+                taken = checkpoint.load_matching(self.model, cfg.init_from, self.family.init_from_buffers(cfg),
+                                                 "init_from")
                 log.info("init_from %s: %d tensors", cfg.init_from, len(taken))
-            if cfg.uses_bank and cfg.avid.bank_init == "encode" and not cfg.init_from:
-                self.where["where"] = "bank_init"
-                init_banks(self.model, self.feed, cfg, self.n_train, self.amp)
-                c.average_(self.bn_stats)
-            if cfg.spec.objective == "cma":  # positive sets from the AVID run's banks
-                self.model.find_positives()
-            if cfg.queue_init == "clips" and not cfg.uses_bank:  # Alg. 1 l.3-5
-                self.where["where"] = "queue_init"
-                init_queues(self.model, self.feed, cfg, self.n_train, self.amp)
-                c.average_(self.bn_stats)  # each rank's BN statistics saw its share of the K clips
+            self.family.start(self.model, self.ctx)  # e.g. Alg. 1 l.3-5: the dictionaries from K clips
         c.broadcast_(list(self.model.state_dict().values()))  # initial weights and queues from rank 0
         if c.distributed:  # what gets gradients: the query encoders (and their FC layers)
             cuda = self.device.type == "cuda"
@@ -271,7 +270,7 @@ class Pretraining:
                  "resumes": self._resumes(start), "data": self.data.info}, indent=2))
         if not self.resume:
             self.save(0)  # the state before any update: a run that diverges early can still be resumed
-        self.start_step = start
+        self.start_step = self.ctx.start_step = start
         return start
 
     def _resumes(self, start: int) -> list[dict]:
@@ -332,32 +331,43 @@ class Pretraining:
         cfg, model, c = self.cfg, self.model, self.comm
         rec: dict = {"step": s + 1, "epoch": s // self.spe}
         t_start = time.perf_counter()
-        self.where = {"step": s + 1, "where": "pool"}
-        if model.uses_pool and (s % self.refresh_every == 0 or s == self.start_step and int(model.U_ids[0]) < 0):
-            rec.update(self._refresh(s // self.refresh_every))
-        if cfg.spec.objective == "cma" and s > 0 and s % (self.spe * cfg.cma.resample_every) == 0:
-            t0 = time.perf_counter()
-            model.find_positives()  # AVID-CMA: positive sets from the banks every resample_every epochs
-            rec["time_positives"] = time.perf_counter() - t0
+        self.where = {"step": s + 1, "where": "before_step"}
+        rec.update(self.family.before_step(model, self.ctx, s))  # e.g. a pool refresh (Alg. 1 l.7-9)
         self.where["where"] = "batch"
         t0 = time.perf_counter()
         b = next(self.batches)
         v, a, ids = (b[k].to(self.device, non_blocking=True) for k in ("video", "audio", "index"))
-        vk, ak = (b[k].to(self.device) if k in b else None for k in ("video_k", "audio_k"))
+        views = {k: b[k].to(self.device) for k in ("video_k", "audio_k") if k in b}  # a second augmentation
         t1 = time.perf_counter()
         for g in self.opt.param_groups:
             g["lr"] = float(self.lrs[s])
-        self.where["where"] = "picks"
-        enc = PickEncoder(model, self.feed, s // self.refresh_every, self.amp) \
-            if model.uses_pool and cfg.sampler.fresh_keys else None
+        self.where["where"] = "step"
+        kwargs = self.family.step_kwargs(model, self.ctx, s)
         try:
             with self.amp():
-                o = model(v, a, ids, vk, ak, generator=generator(cfg.seed, STEP, s, device=self.device),
-                          encode_picks=enc)
+                o = model(v, a, ids, **views, generator=generator(cfg.seed, STEP, s, device=self.device), **kwargs)
         except NonFiniteInput:  # the same gathered inputs on every rank: all ranks stop here
             raise self._diverged(s, "the sampler's inputs (pool keys or queries) hold NaN or Inf") from None
-        # One gather per step: every rank's losses, spreads, skips and stop requests, before the update.
-        nan = o.loss.new_tensor(math.nan)  # AVID has no queue, so no age gap
+        losses, table, n = self._gather(o, stop)
+        self._update(s, o.loss)
+        t2 = time.perf_counter()
+        skipped = int(table[:, n].sum())
+        self._flush_skips(skipped)
+        rec.update(self._record(s, o, losses, t1 - t0, t2 - t1, skipped))
+        if cfg.run.check_sync_every and (s + 1) % cfg.run.check_sync_every == 0:
+            rec["state_digest"] = c.assert_same(replicated_state(model, o.written_v, o.written_a,
+                                                                 self.family.replicated(model)))
+        rec["time_comm"] = c.take_seconds()
+        rec["time_step"] = time.perf_counter() - t_start
+        signal_name = "SIGTERM" if table[:, n + 1].any() else "SIGINT" if table[:, n + 2].any() else None
+        return rec, signal_name
+
+    def _gather(self, o, stop: _Stop):
+        """One gather per step, before the update: every rank's losses, spreads, skips and stop
+        requests. Returns (the means over ranks, the table, the column where the flags start);
+        raises Diverged on a non-finite loss on any rank."""
+        c, s = self.comm, self.where["step"] - 1
+        nan = o.loss.new_tensor(math.nan)  # a family without a FIFO dictionary has no age gap
         mine = torch.stack([o.loss.detach(), o.loss_v, o.loss_a, o.acc_v, o.acc_a, o.spread_v, o.spread_a,
                             nan if o.age_gap_v is None else o.age_gap_v, nan if o.age_gap_a is None else o.age_gap_a])
         n = len(mine)  # then the flags: skips, SIGTERM, SIGINT
@@ -367,17 +377,7 @@ class Pretraining:
         if not all(math.isfinite(x) for x in losses[:3]):
             bad = [r for r in range(c.world) if not all(math.isfinite(x) for x in table[r, :3].tolist())]
             raise self._diverged(s, f"non-finite loss on rank(s) {bad}: loss_v={losses[1]} loss_a={losses[2]}")
-        self._update(s, o.loss)
-        t2 = time.perf_counter()
-        skipped = int(table[:, n].sum())
-        self._flush_skips(skipped)
-        rec.update(self._record(s, o, losses, t1 - t0, t2 - t1, skipped))
-        if cfg.run.check_sync_every and (s + 1) % cfg.run.check_sync_every == 0:
-            rec["state_digest"] = c.assert_same(replicated_state(model, o.enqueued_v, o.enqueued_a))
-        rec["time_comm"] = c.take_seconds()
-        rec["time_step"] = time.perf_counter() - t_start
-        signal_name = "SIGTERM" if table[:, n + 1].any() else "SIGINT" if table[:, n + 2].any() else None
-        return rec, signal_name
+        return losses, table, n
 
     def _update(self, s: int, loss: torch.Tensor) -> None:
         """Backward, Adam, momentum update, BN statistics; committed only if everything is finite."""
@@ -387,7 +387,7 @@ class Pretraining:
             self.scaler.scale(loss).backward()  # DDP all-reduces (averages) the gradients
         self.scaler.step(self.opt)
         self.scaler.update()
-        model.momentum_update()  # Alg. 1 l.38-39
+        self.family.after_update(model)  # e.g. the key encoders' momentum update (Alg. 1 l.38-39)
         self.comm.average_(self.bn_stats)
         # Parameters and BN statistics are replicated, so every rank reaches the same verdict.
         if not all_finite([p for p in model.parameters()] + self.bn_stats):
@@ -402,18 +402,8 @@ class Pretraining:
                         f"settings, e.g. `cmacc pretrain --out {self.out} --resume --set lr={self.cfg.lr / 10:g}` "
                         f"({', '.join(RECOVERY)} may change on --resume)")
 
-    def _refresh(self, round_: int) -> dict:
-        t0 = time.perf_counter()
-        refresh_pool(self.model, self.feed, self.cfg, round_, self.amp)
-        rec = {"time_pool": time.perf_counter() - t0}
-        pool_labels = self.labels[self.model.U_ids.cpu()]
-        if self.comm.is_main and (pool_labels >= 0).any():
-            rec["pool_class_sep_v"] = class_separation(self.model.U_v, pool_labels)
-            rec["pool_class_sep_a"] = class_separation(self.model.U_a, pool_labels)
-        return rec
-
     def _record(self, s: int, o, losses: list[float], t_data: float, t_compute: float, skipped: int) -> dict:
-        cat_v, cat_a = count_categories(self.labels, o.enqueued_v), count_categories(self.labels, o.enqueued_a)
+        cat_v, cat_a = count_categories(self.labels, o.written_v), count_categories(self.labels, o.written_a)
         fn = [false_negative_rate(self.labels, o.batch_ids, D) for D in (o.negatives_v, o.negatives_a)]
         both = None if cat_v is None or cat_a is None else (cat_v + cat_a) / 2
         warning = self.collapse.update(s + 1, (losses[1], losses[2]), (losses[5], losses[6]))
@@ -428,7 +418,7 @@ class Pretraining:
                     pruned_v=o.timings.get("pruned_v"), pruned_a=o.timings.get("pruned_a"),
                     neg_categories=both, neg_categories_v=cat_v, neg_categories_a=cat_a,
                     false_neg=None if None in fn else (fn[0] + fn[1]) / 2,
-                    picks_digest=ids_digest(o.enqueued_v, o.enqueued_a))
+                    picks_digest=ids_digest(o.written_v, o.written_a))
 
     # ---- the loop ----
     def train(self, start: int, on_step: Callable[[int, dict], None] | None) -> tuple[int, str | None]:
@@ -478,7 +468,7 @@ def pretrain(cfg: Config, out: str | Path, *, resume: bool = False,
              on_step: Callable[[int, dict], None] | None = None, comm: Comm | None = None) -> dict:
     """Train per ``cfg``, writing config.yaml, run.json, metrics.jsonl, checkpoints/, summary.json.
 
-    comm: the process group (cmacc.dist.init); default: join the one the environment describes
+    comm: the process group (cmacc.system.dist.init); default: join the one the environment describes
     (torchrun / srun), or run alone. on_step(step, record) is called after each step's metrics
     line is written (tests use it to simulate a crash). Returns the summary dict on rank 0,
     {"stopped_at", "signal"} when a signal stopped the run, {"rank", "steps"} on other ranks.

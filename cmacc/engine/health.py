@@ -3,13 +3,15 @@
 A step is committed only when its loss and the parameters it produced are finite
 (:func:`all_finite`: one fused reduction and one host synchronisation per step). A collapse is not
 an error -- the loss stays finite -- but it is the end of learning: every query maps to the same
-point, every logit is equal and each direction's InfoNCE sits at log(K + 1).
+point, every score is equal and each direction's loss sits at its chance level (InfoNCE with K
+negatives: log(K + 1); the family says what it is: cmacc.methods.protocol.Family.chance_loss).
 :class:`CollapseWatch` reports it after ``window`` consecutive such steps past the warm-up.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -36,19 +38,26 @@ class CollapseWatch:
 
     - ``spread`` of a modality's unit queries, sqrt(1 - |mean q|^2), below ``spread_floor``:
       all queries within about half a degree of one another;
-    - each direction's loss within ``loss_tol`` of log(K + 1): every logit equal.
+    - each direction's loss within ``loss_tol`` of ``chance()``: every score equal.
+
+    chance: each direction's loss at collapse, asked of the method's family (NaN: not known yet);
+    its first finite value is kept.
     """
 
-    K: int
+    chance: Callable[[], float]
     warmup: int = 0  # steps not watched (a random-init encoder may map everything close together)
     window: int = 50
     spread_floor: float = 0.01  # healthy default runs here stay >= 0.07 (tiny encoders, 360 steps)
     loss_tol: float = 1e-3
     run: int = 0
 
+    _chance: float = math.nan
+
     @property
     def chance_loss(self) -> float:
-        return math.log(self.K + 1)
+        if math.isnan(self._chance):
+            self._chance = float(self.chance())
+        return self._chance
 
     def update(self, step: int, losses: tuple[float, float], spreads: tuple[float, float]) -> str | None:
         """Feed step ``step`` (1-based); returns a warning on the step the window fills, else None."""
@@ -57,7 +66,7 @@ class CollapseWatch:
         self.run = self.run + 1 if step > self.warmup and (flat or narrow) else 0
         if self.run != self.window:
             return None
-        why = (f"each direction's loss has sat at log(K+1) = {self.chance_loss:.4f}" if flat else
+        why = (f"each direction's loss has sat at its chance level {self.chance_loss:.4f}" if flat else
                f"the queries' spread is {min(spreads):.3g} (< {self.spread_floor})")
         return (f"the embeddings have collapsed: for {self.window} steps up to step {step} {why}; the encoders "
                 f"map every clip to the same point and learn nothing (lr too large? tau too small?)")

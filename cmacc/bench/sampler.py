@@ -4,7 +4,7 @@
   factorised    the plain-PyTorch reference: rank-1 factors, exact factorised distances
   numba         the CPU fast path: fused rounds with exact pruning (cmacc.sampling.cpu)
   triton        the fused kernels (CUDA only; the CPU interpreter is for tests, not timing)
-  badge_numpy   peer: BADGE's factorised init_centers in numpy, inverse-CDF draws (bench_peers)
+  badge_numpy   peer: BADGE's factorised init_centers in numpy, inverse-CDF draws (cmacc.bench.peers)
   sklearn       peer: scikit-learn's kmeans_plusplus over the keys (the "feature" embedding)
 
 Each selection = pseudo-posterior + ``num`` (= M) seeding rounds, fp32 maths. cmacc's rows get
@@ -27,9 +27,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from . import bench_peers, provenance, sampling
-from .allocator import keep_freed_memory
-from .sampling import exp_noise, gradient_embeddings, gradient_factors, kmeanspp
+from .. import sampling
+from ..system import provenance
+from ..system.allocator import keep_freed_memory
+from . import peers
+from ..sampling import exp_noise, gradient_embeddings, gradient_factors, kmeanspp
 
 IMPLS = ("materialised", "factorised", "numba", "triton", "badge_numpy", "sklearn")
 OURS = ("materialised", "factorised", "numba", "triton")  # same noise, same picks
@@ -79,9 +81,9 @@ def _run(impl: str, keys, queries, num, noise):
         return kmeanspp(num, noise, x=gradient_embeddings(keys, queries))
     if impl == "badge_numpy":
         a, b = gradient_factors(keys, queries)
-        return torch.from_numpy(bench_peers.badge_numpy(a.numpy(), b.numpy(), num, np.random.default_rng(0)))
+        return torch.from_numpy(peers.badge_numpy(a.numpy(), b.numpy(), num, np.random.default_rng(0)))
     if impl == "sklearn":
-        return torch.from_numpy(bench_peers.sklearn_kmeanspp(keys.float().numpy(), num, 0))
+        return torch.from_numpy(peers.sklearn_kmeanspp(keys.float().numpy(), num, 0))
     backend = {"factorised": "torch", "numba": "numba", "triton": "triton"}[impl]
     return sampling.select(keys, queries, num, embedding="gradient", noise=noise, backend=backend)
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.media import write_video
-from .data.scan import scan_paths
-from .data.video import DaliDecoder, augment, decode_pyav, frame_indices, plan_clip
+from ..data.media import write_video
+from ..data.scan import scan_paths
+from ..data.video import DaliDecoder, augment, decode_pyav, frame_indices, plan_clip
 
 
 def generated_files(folder: Path, n: int = 8, seconds: float = 6.0, size=(320, 240)) -> list[Path]:
@@ -96,8 +96,8 @@ def _time_backend(backend, todo, crop, device, batch):
 
 def bench_step(files_manifest: Path, out: Path, backend: str, steps: int, device: str) -> dict:
     """A few pretraining steps on the files: mean data vs compute seconds per step."""
-    from .config import load_config
-    from .train import pretrain
+    from ..config import load_config
+    from ..engine.train import pretrain
     cfg = load_config(overrides=[
         "data.name=manifest", f"data.manifest={files_manifest}", f"data.backend={backend}", "method=xmoco",
         "M=8", "K=16", f"steps={steps}", "warmup_steps=1", "data.frames=16", "data.size=112", "probe.enabled=false",
@@ -110,8 +110,8 @@ def bench_step(files_manifest: Path, out: Path, backend: str, steps: int, device
 
 
 def main(args) -> int:
-    from . import provenance
-    from .data.manifest import Manifest, Row, from_folder, read_manifest
+    from ..system import provenance
+    from ..data.manifest import Manifest, Row, from_folder, read_manifest
     device = args.device
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

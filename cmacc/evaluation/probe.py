@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .evaluation import features, linear
+from . import features, linear
 
 
 def evaluate(encoder: torch.nn.Module, key: str, train_set, test_set, device: torch.device, *, crops: int = 1,

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import provenance
+from ..system import provenance
 
 
 def _command(world: int, out: Path, sets: list[str]) -> list[str]:
