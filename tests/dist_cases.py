@@ -5,7 +5,7 @@ any failure raises, the process exits non-zero, and the test fails.
 """
 import torch
 
-from cmacc import dist
+from cmacc.system import dist
 
 
 def _comm():
@@ -69,7 +69,7 @@ def collectives():
 def shuffled_keys(bn_splits: str):
     """The cross-rank shuffle + per-rank BN reproduces one process with split BN over the global batch."""
     from cmacc.models import build_encoder
-    from cmacc.moco import CrossModalMoCo
+    from cmacc.methods.moco.model import CrossModalMoCo
     c = _comm()
     s = int(bn_splits)
     M, K, N, d = 8, 16, 48, 16
@@ -96,7 +96,7 @@ def shuffled_keys(bn_splits: str):
     # one whole step: same picks, same queues, loss = mean of the ranks' losses
     o_dist = dist_model(c.shard(video), c.shard(audio), c.shard(ids), generator=torch.Generator().manual_seed(5))
     o_ref = ref(video, audio, ids, generator=torch.Generator().manual_seed(5))
-    assert torch.equal(o_dist.enqueued_v, o_ref.enqueued_v) and torch.equal(o_dist.enqueued_a, o_ref.enqueued_a)
+    assert torch.equal(o_dist.written_v, o_ref.written_v) and torch.equal(o_dist.written_a, o_ref.written_a)
     assert torch.equal(dist_model.D_v_ids, ref.D_v_ids)
     torch.testing.assert_close(dist_model.D_v, ref.D_v, rtol=1e-5, atol=1e-5)
     loss = c.gather_values([float(o_dist.loss)]).mean()
@@ -109,10 +109,10 @@ def nan_on_rank_one(out: str):
     import json
     import pathlib
 
-    import cmacc.moco as moco
+    import cmacc.methods.moco.model as moco
     from cmacc.config import load_config
-    from cmacc.train import Diverged, pretrain
-    from test_train import TINY
+    from cmacc.engine.train import Diverged, pretrain
+    from runs import TINY
     rank = int(__import__("os").environ["RANK"])
     real = moco.infonce
 

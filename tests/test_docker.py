@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from packaging.specifiers import SpecifierSet
 
-from cmacc import provenance
+from cmacc.system import provenance
 from cmacc.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,7 +208,7 @@ def test_dockerignore_keeps_runs_caches_and_venvs_out():
     for junk in (".venv/bin/python", ".ci-venv/lib/x.py", "runs/r/checkpoints/last.pt", ".git/HEAD",
                  "cmacc/__pycache__/train.cpython-311.pyc", "benchmarks/results/x.json", "tests/.pytest_cache/v"):
         assert ignored(junk, rules), junk
-    for needed in ("cmacc/train.py", "kernels/__init__.py", "pyproject.toml", "tests/conftest.py", "docker/Dockerfile"):
+    for needed in ("cmacc/engine/train.py", "kernels/__init__.py", "pyproject.toml", "tests/conftest.py", "docker/Dockerfile"):
         assert not ignored(needed, rules), needed
 
 
@@ -248,7 +248,7 @@ def test_apptainer_recipe_builds_from_the_docker_image():
 
 
 def test_version_prints_what_run_json_records(tmp_path, capsys):
-    from test_train import TINY
+    from runs import TINY
     out = tmp_path / "r"
     sets = [*TINY, "steps=2", "probe.enabled=false"]
     assert main(["pretrain", "--out", str(out), *[a for s in sets for a in ("--set", s)]]) == 0

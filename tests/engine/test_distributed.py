@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cmacc import dist
+from cmacc.system import dist
 from cmacc.config import ConfigError, load_config
-from cmacc.bn import bn_layout
+from cmacc.engine.bn import bn_layout
 from distributed import assert_ok, case, cli, free_port, rank_env, run, start, wait
-from test_train import TINY
+from runs import TINY
 
 # 2 ranks x M/2 against one process with the same global BN groups (model.bn_splits=2)
 EQUIV = TINY + ["probe.enabled=false", "model.bn_splits=2", "lr=1e-3", "steps=6", "run.checkpoint_every=3"]
@@ -279,7 +279,7 @@ def test_sbatch_script_launches_and_requeues(tmp_path):
     env = {**base_env(), "PATH": f"{fake}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_JOB_ID": "4242",
            "SLURM_JOB_NODELIST": "localhost,node2", "MASTER_PORT": str(free_port()), "OUT": str(tmp_path / "run")}
-    script = Path(__file__).resolve().parents[1] / "docker" / "pretrain.sbatch"
+    script = Path(__file__).resolve().parents[2] / "docker" / "pretrain.sbatch"
     sets = [a for kv in TINY + ["probe.enabled=false", "steps=4"] for a in ("--set", kv)]
     res = subprocess.run(["bash", str(script), *sets], env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]

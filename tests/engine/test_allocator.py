@@ -1,15 +1,15 @@
-"""cmacc.allocator: glibc keeps freed large blocks, so a repeated large allocation stops page-faulting."""
+"""cmacc.system.allocator: glibc keeps freed large blocks, so a repeated large allocation stops page-faulting."""
 import resource
 import subprocess
 import sys
 
 import pytest
 
-from cmacc import allocator
+from cmacc.system import allocator
 
 PROBE = """
 import resource, sys, torch
-from cmacc.allocator import keep_freed_memory
+from cmacc.system.allocator import keep_freed_memory
 from cmacc.sampling.posterior import gradient_factors
 state = keep_freed_memory(sys.argv[1] == "1")
 torch.set_num_threads(1)

@@ -4,12 +4,14 @@ import math
 
 import pytest
 import torch
-from test_train import TINY, Crash, crash_then_resume, losses
+from runs import TINY, Crash, crash_then_resume, losses
 
-from cmacc.avid import AVID, agreement_topk, draw_outside, infonce_multi, nce
+from cmacc.methods.avid.model import AVID
+from cmacc.methods.avid.positives import agreement_topk, draw_outside
+from cmacc.methods.losses import infonce_multi, nce
 from cmacc.config import ConfigError, load_config
 from cmacc.models import build_encoder
-from cmacc.train import pretrain
+from cmacc.engine.train import pretrain
 
 AVID_TINY = TINY + ["avid.num_negatives=24", "probe.enabled=false"]
 
@@ -215,7 +217,7 @@ def test_bank_init(tmp_path, how):
     (train-mode BN over mini-batches of M, as the run encodes them); random: unit Gaussian rows."""
     from cmacc.data import ClipRequest
     from cmacc.data.build import build_data
-    from cmacc.train import build_encoders
+    from cmacc.engine.train import build_encoders
     cfg = tiny("method=avid_cross", f"avid.bank_init={how}", "steps=1", "run.keep_checkpoints=3")
     pretrain(cfg, tmp_path / "r")
     bank = torch.load(tmp_path / "r" / "checkpoints" / "step_00000000.pt", weights_only=False)["model"]

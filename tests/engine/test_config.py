@@ -1,7 +1,8 @@
 """Config: presets, YAML, --set overrides, and errors that name the key."""
 import pytest
 
-from cmacc.config import METHODS, ConfigError, load_config, resume_config, dump_yaml
+from cmacc.config import ConfigError, dump_yaml, load_config, resume_config
+from cmacc.methods import METHODS
 
 
 def test_defaults_and_paper_preset():
@@ -19,10 +20,10 @@ def test_methods_map_to_the_papers_ablations():
     assert METHODS["xmoco_nofcl"].fc == "none"
     assert METHODS["smoco"].objective == "self"
     assert METHODS["ohem"].negatives == "ohem" and METHODS["feature_active"].negatives == "feature"
-    assert {m: METHODS[m].objective for m in METHODS if METHODS[m].negatives == "bank"} == {
+    assert {m: METHODS[m].objective for m in METHODS if METHODS[m].family == "avid"} == {
         "avid_self": "self", "avid_cross": "cross", "avid_joint": "joint", "avid_cma": "cma"}  # AVID Eqs. 1-3, CMA
     for name in METHODS:
-        if name != "avid_cma":  # needs init_from (tests/test_avid.py)
+        if name != "avid_cma":  # needs init_from (tests/methods/test_avid.py)
             load_config(overrides=[f"method={name}"])
 
 

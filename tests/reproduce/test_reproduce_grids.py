@@ -131,7 +131,7 @@ def test_cell_pooled_image_encoder_keeps_where_things_are():
 
 def test_class_separation_with_sparse_label_ids():
     """Omniglot's latent ids are tuples in mixed radix (up to 55^9): centroids are per present id."""
-    from cmacc.diagnostics import class_separation
+    from cmacc.engine.diagnostics import class_separation
     g = torch.Generator().manual_seed(0)
     centres = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=1)
     labels = torch.tensor([0, 1, 2] * 10)

@@ -120,7 +120,7 @@ def test_numba_refuses_cuda_tensors_by_name():
 
 
 def test_bench_sampler_rows_per_thread_count_with_peers():
-    from cmacc.bench import bench_sampler, format_table
+    from cmacc.bench.sampler import bench_sampler, format_table
     rows = bench_sampler("cpu", N=300, M=16, d=8, repeats=1, threads=(1, 2),
                          impls=("factorised", "numba", "badge_numpy", "sklearn"))
     assert [(r["threads"], r["impl"]) for r in rows] == [(t, i) for t in (1, 2) for i in
@@ -133,7 +133,7 @@ def test_bench_sampler_rows_per_thread_count_with_peers():
 
 
 def test_sweep_plot_is_written(tmp_path):
-    from cmacc.bench import bench_sampler, plot_sweep
+    from cmacc.bench.sampler import bench_sampler, plot_sweep
     rows = []
     for n in (64, 128):
         rows += bench_sampler("cpu", N=n, M=8, d=4, repeats=1, impls=("factorised", "numba"))

@@ -128,7 +128,7 @@ def _media_run(tmp_path, *extra):
     if d is None:
         pytest.skip("../shared/media (or $CMACC_MEDIA_DIR) is absent")
     from cmacc.config import load_config
-    from cmacc.train import pretrain
+    from cmacc.engine.train import pretrain
     from_folder(d, label_from_parent=False).write(tmp_path / "media.csv")
     cfg = load_config(overrides=[
         "data.name=manifest", f"data.manifest={tmp_path / 'media.csv'}", "steps=3", "warmup_steps=1",

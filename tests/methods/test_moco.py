@@ -4,7 +4,9 @@ import torch
 from torch.nn import functional as F
 
 from cmacc.models import build_encoder
-from cmacc.moco import CrossModalMoCo, SamplerOptions, age_gap, infonce
+from cmacc.methods.losses import infonce
+from cmacc.methods.moco.model import CrossModalMoCo, age_gap
+from cmacc.methods.shared import SamplerOptions
 
 M, K, N, d = 4, 12, 32, 16
 
@@ -73,7 +75,7 @@ def test_queue_is_fifo_and_enqueues_the_batch_keys():
             out = model(v, a, ids, generator=torch.Generator().manual_seed(step))
         assert torch.equal(model.D_v_ids[ptr:ptr + M], ids) and torch.equal(model.D_a_ids[ptr:ptr + M], ids)
         assert int(model.queue_ptr) == (ptr + M) % K
-        assert torch.equal(out.enqueued_v, ids)
+        assert torch.equal(out.written_v, ids)
     # after K/M + 2 steps the queue holds the last K/M batches, oldest overwritten first
     held = sorted(model.D_v_ids.tolist())
     assert held == list(range(2 * M, (K // M + 2) * M))
@@ -181,12 +183,12 @@ def test_pool_picks_come_from_U_minus_D_and_not_the_batch(negatives):
     with torch.no_grad():
         out = model(v, a, batch_ids, generator=torch.Generator().manual_seed(1))
     allowed = set(pool_ids[K + M:].tolist())
-    assert set(out.enqueued_v.tolist()) <= allowed and set(out.enqueued_a.tolist()) <= allowed
-    assert len(set(out.enqueued_v.tolist())) == M
-    assert torch.equal(model.D_v_ids[:M], out.enqueued_v)  # enqueued before the loss (Alg. 1 l.21)
+    assert set(out.written_v.tolist()) <= allowed and set(out.written_a.tolist()) <= allowed
+    assert len(set(out.written_v.tolist())) == M
+    assert torch.equal(model.D_v_ids[:M], out.written_v)  # enqueued before the loss (Alg. 1 l.21)
     # the enqueued keys are the pool's keys of the picked clips, in pick order
     pos = {int(i): n for n, i in enumerate(model.U_ids.tolist())}
-    rows = torch.tensor([pos[int(i)] for i in out.enqueued_v])
+    rows = torch.tensor([pos[int(i)] for i in out.written_v])
     torch.testing.assert_close(model.D_v[:M], model.U_v[rows])
 
 

@@ -2,11 +2,11 @@
 import json
 
 import pytest
-from test_train import TINY
+from runs import TINY
 
 from cmacc.cli import main
 from cmacc.config import load_config
-from cmacc.train import pretrain
+from cmacc.engine.train import pretrain
 
 
 def test_eval_synthetic_reproduces_the_summary_probe(tmp_path):

@@ -12,35 +12,9 @@ import torch
 
 from cmacc.cli import main
 from cmacc.config import load_config
-from cmacc.train import pretrain
+from cmacc.engine.train import pretrain
 
-TINY = ["data.num_classes=8", "data.train_size=96", "data.probe_train_size=16", "data.probe_test_size=16",
-        "data.frames=4", "data.size=16", "data.audio_frames=8", "M=8", "K=16", "N=48", "steps=12",
-        "warmup_steps=2", "run.checkpoint_every=4", "run.progress=false", "run.device=cpu"]
-
-
-def tiny(*extra):
-    return load_config(overrides=TINY + list(extra))
-
-
-def losses(out: Path):
-    recs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r["step"] for r in recs], [r["loss"] for r in recs]
-
-
-class Crash(Exception):
-    pass
-
-
-def crash_then_resume(cfg, out: Path, at: int) -> None:
-    """Run ``cfg`` into ``out``, killed after step ``at``'s metrics line, then resume it to the end."""
-    def crash(step, rec):
-        if step == at:
-            raise Crash
-    with pytest.raises(Crash):
-        pretrain(cfg, out, on_step=crash)
-    assert losses(out)[0] == list(range(1, at + 1))
-    pretrain(cfg, out, resume=True)
+from runs import TINY, crash_then_resume, losses, tiny
 
 
 @pytest.mark.parametrize("method", ["cmacc", "xmoco", "smoco"])
@@ -201,7 +175,7 @@ def test_the_default_dictionary_stays_consistent_where_a_longer_queue_does_not(t
 def test_picks_loaded_by_a_worker_during_sampling_give_the_same_run(tmp_path, monkeypatch):
     """data.num_workers=1: the picks of one modality load in a worker process while the main
     process samples the other (PickEncoder.prefetch); the keys, and so the run, are unchanged."""
-    from cmacc.feed import Feed
+    from cmacc.engine.feed import Feed
     used, real_one = [], Feed.one
 
     def one(self, requests, loading=None):

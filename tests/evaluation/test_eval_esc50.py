@@ -16,7 +16,7 @@ from cmacc.evaluation import esc50, finetune, linear
 from cmacc.evaluation.features import crop_requests
 from cmacc.evaluation.folds import SplitError, make_folds
 from cmacc.models import load_encoders
-from cmacc.train import pretrain
+from cmacc.engine.train import pretrain
 
 SR = 16000
 CLASSES = ("tone_low", "tone_high", "noise")
@@ -179,7 +179,7 @@ def test_finetune_and_baseline_protocols(esc, tmp_path, monkeypatch):
 
 
 def test_export_round_trip_gives_equal_outputs(tmp_path):
-    from test_train import TINY
+    from runs import TINY
     pretrain(load_config(overrides=TINY + ["probe.enabled=false", "steps=2"]), tmp_path / "run")
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "enc.pt")]) == 0
     f_v, f_a = load_encoders(tmp_path / "enc.pt")

@@ -3,10 +3,10 @@ import json
 
 import pytest
 from conftest import KERNEL_DEVICE
-from test_train import TINY
+from runs import TINY
 
 from cmacc.config import load_config
-from cmacc.train import pretrain
+from cmacc.engine.train import pretrain
 
 
 @pytest.mark.parametrize("fast", ["triton", "numba"])

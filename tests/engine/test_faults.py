@@ -7,14 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import cmacc.moco as moco
-import cmacc.train as train
-from cmacc import checkpoint
+import cmacc.methods.moco.model as moco
+import cmacc.methods.shared as shared
+import cmacc.engine.train as train
+from cmacc.system import checkpoint
 from cmacc.cli import main
-from cmacc.cores import plan
-from cmacc.health import CollapseWatch, all_finite
-from cmacc.train import Diverged, pretrain
-from test_train import TINY, tiny
+from cmacc.system.cores import plan
+from cmacc.engine.health import CollapseWatch, all_finite
+from cmacc.engine.train import Diverged, pretrain
+from runs import TINY, tiny
 
 
 def _err(capsys) -> str:
@@ -84,14 +85,14 @@ def test_divergence_at_the_first_step_names_the_start_checkpoint(tmp_path, monke
 
 
 def test_nan_reaching_the_sampler_is_a_named_divergence(tmp_path, monkeypatch):
-    real = moco.QueryEncoders.forward
+    real = shared.QueryEncoders.forward
     calls = {"n": 0}
 
     def nan_queries(self, video, audio):
         calls["n"] += 1
         q_v, q_a = real(self, video, audio)
         return (q_v * float("nan"), q_a) if calls["n"] == 2 else (q_v, q_a)
-    monkeypatch.setattr(moco.QueryEncoders, "forward", nan_queries)
+    monkeypatch.setattr(shared.QueryEncoders, "forward", nan_queries)
     with pytest.raises(Diverged, match="step 2: the sampler's inputs .* hold NaN or Inf"):
         pretrain(tiny("probe.enabled=false", "run.checkpoint_every=1"), tmp_path / "r")
     assert _finite_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt") == 1
@@ -107,8 +108,8 @@ def test_all_finite_catches_nan_inf_and_overflow():
 
 # ---- collapse: loud, in the log, metrics and summary, but not an error ----
 def test_collapse_watch():
-    w = CollapseWatch(K=16, warmup=2, window=3)
     chance = math.log(17)
+    w = CollapseWatch(lambda: chance, warmup=2, window=3)
     assert w.update(1, (chance, chance), (0.0, 0.0)) is None and w.run == 0  # warm-up is not watched
     assert w.update(3, (1.0, 1.2), (0.0, 0.5)) is None and w.run == 1  # zero spread
     assert w.update(4, (chance, chance + 1e-4), (0.9, 0.9)) is None and w.run == 2  # flat loss
@@ -118,13 +119,13 @@ def test_collapse_watch():
 
 
 def test_a_collapsed_model_is_flagged(tmp_path, monkeypatch, capsys, caplog):
-    monkeypatch.setattr(train, "CollapseWatch", lambda K, warmup: CollapseWatch(K, warmup, window=4))
+    monkeypatch.setattr(train, "CollapseWatch", lambda chance, warmup: CollapseWatch(chance, warmup, window=4))
 
     def constant(self, video, audio):  # every clip -> the same unit vector
         q_v, q_a = self.f_v(video), self.f_a(audio)
         e = torch.nn.functional.one_hot(torch.zeros(len(q_v), dtype=torch.long), q_v.shape[1]).float()
         return q_v * 0 + e, q_a * 0 + e
-    monkeypatch.setattr(moco.QueryEncoders, "forward", constant)
+    monkeypatch.setattr(shared.QueryEncoders, "forward", constant)
     assert main(_cli(tmp_path / "r", "method=xmoco", "steps=8")) == 0
     out = capsys.readouterr()
     assert "warning: collapse: the embeddings were collapsed" in out.out
@@ -250,7 +251,8 @@ def test_failed_start_removes_its_folder(tmp_path, monkeypatch, capsys):
 
     def broken(*a, **kw):
         raise InputError("clip x.webm: broken on purpose")
-    monkeypatch.setattr(train, "init_queues", broken)
+    from cmacc.methods.moco.family import MocoFamily
+    monkeypatch.setattr(MocoFamily, "start", broken)
     assert main(_cli(tmp_path / "r")) == 2
     assert _err(capsys) == "error: clip x.webm: broken on purpose"
     assert not (tmp_path / "r").exists()
@@ -283,7 +285,7 @@ def test_failed_start_keeps_only_its_scan_report(media, tmp_path, capsys):
 
 def test_triton_is_an_extra_not_a_requirement():
     import tomllib
-    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
     assert not any(d.startswith("triton") for d in project["dependencies"])
     assert any(d.startswith("triton") for d in project["optional-dependencies"]["triton"])
     assert any(d.startswith("triton") for d in project["optional-dependencies"]["dev"])  # the kernel tests

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cmacc import probe
+from cmacc.evaluation import probe
 from cmacc.data import ClipRequest, SyntheticAV
 from cmacc.data.request import TAGS
 
