@@ -20,7 +20,7 @@ import yaml
 
 from ..choices import BACKENDS, EMBEDDINGS
 from ..errors import InputError
-from ..methods.registry import AGREEMENTS, FC_LAYERS, METHODS, Method
+from ..methods.registry import AGREEMENTS, CROSS_POSITIVES, FC_LAYERS, METHODS, Z_SOURCES, Method
 
 
 class ConfigError(InputError, ValueError):
@@ -112,6 +112,10 @@ class AvidConfig:
     # own embedding rather than noise (the CPU default: a few epochs); random: unit Gaussian vectors
     # (AVID's code, hundreds of epochs; the paper preset). README, "AVID".
     bank_init: str = "encode"
+    # NCE's Z, estimated once on the first batch: "first" -- the mean of e^s over the negatives of the
+    # first term (v->a for Cross and Joint, v->v for Self), as AVID's code keeps one NCE criterion for
+    # every term; "all" -- the mean over every term's negatives. (AVID-CMA takes Z from its source run.)
+    z_from: str = "first"
 
 
 @dataclass
@@ -119,9 +123,17 @@ class CmaConfig:
     """Cross-Modal Agreement (method=avid_cma, started with init_from=AVID_RUN)."""
 
     pos_k: int = 32  # size of each clip's positive set P_i
-    num_positives: int = 8  # positives drawn from P_i per step (AVID-CMA's num_positives)
+    # positives of P_i per step: 0 = all pos_k of them (AVID-CMA's code); n > 0 = n drawn with replacement
+    num_positives: int = 0
     agreement: str = "consensus"  # consensus (min of the banks' similarities) | union (max) | video | audio
+    # CPU default 1: the built-in run lasts ~4 epochs. AVID-CMA's released configs: 5 (the paper preset)
     resample_every: int = 1  # epochs between recomputations of the positive sets
+    # positives of the cross-modal term: instance (the clip alone: AVID-CMA's xModalInst term) |
+    # instance+set (the clip and its positives of P_i)
+    cross_positives: str = "instance"
+    # negatives of the within-modal positive-set term: the first n of the clip's K (AVID-CMA's
+    # num_negatives_within = 64 in its Kinetics and AudioSet configs); 0 (or n >= K) = all K
+    within_negatives: int = 64
     within_weight: float = 1.0  # weight of the within-modal positive-set NCE (cross-modal term: 1)
 
 
@@ -223,6 +235,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.video": "r18", "model.audio": "r18", "model.bn_splits": 4,
         "data.frames": 16, "data.size": 224, "data.audio_frames": 64,
         "data.train_size": 240000, "data.num_workers": 8, "run.checkpoint_every": 1000, "avid.bank_init": "random",
+        "cma.resample_every": 5,  # AVID-CMA's released configs (resample_freq: 5 epochs)
         "run.keep_checkpoints": 3, "run.deterministic": False,
         "run.device": "cuda",  # 3D-ResNet-18 at 224 px: GPUs; --set run.device=cpu to insist
     },
@@ -249,6 +262,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "avid.loss": ("nce", "infonce"),
     "avid.bank_init": ("random", "encode"),
     "cma.agreement": AGREEMENTS,
+    "cma.cross_positives": CROSS_POSITIVES,
+    "avid.z_from": Z_SOURCES,
     "sampler.first": ("random", "norm"),
     "sampler.backend": BACKENDS,
     "run.precision": ("fp32", "bf16", "fp16"),

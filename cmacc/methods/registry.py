@@ -24,6 +24,8 @@ MOCO_OBJECTIVES = ("cross", "self")  # cross: q_v vs [k_a+; D_a] and q_a vs [k_v
 FC_LAYERS = ("cross", "self", "none")  # cross: h_a's FC momentum-updated from f_v's FC (CM-ACC §3.3)
 AVID_OBJECTIVES = ("self", "cross", "joint", "cma")  # AVID Eqs. 1-3, and Cross-Modal Agreement
 AGREEMENTS = ("consensus", "union", "video", "audio")  # how CMA's positive sets agree across modalities
+Z_SOURCES = ("first", "all")  # NCE's Z from the first term's negatives (AVID's code) or from every term's
+CROSS_POSITIVES = ("instance", "instance+set")  # CMA's cross-modal term: the clip (AVID-CMA's code) or also P_i
 
 
 @dataclass(frozen=True, eq=False)

@@ -118,23 +118,108 @@ def test_cma_positives_equal_brute_force_and_are_never_negatives():
         assert not set(neg[i].tolist()) & (set(P[i].tolist()) | {i})
 
 
-def test_z_is_fixed_by_the_first_batch():
-    model = _model()
+# Z, from the equations: the mean of e^s over the first batch's negatives of the term(s) z_from names.
+# AVID's code keeps one NCE criterion, whose first call (v->a for Cross, Joint and CMA; v->v for
+# Self) fixes Z: z_from="first". z_from="all" averages the per-term means of every term.
+FIRST_TERM = {"self": [("v", "v")], "cross": [("v", "a")], "joint": [("v", "a")], "cma": [("v", "a")]}
+ALL_TERMS = {"self": [("v", "v"), ("a", "a")], "cross": [("v", "a"), ("a", "v")],
+             "joint": [("v", "a"), ("a", "v"), ("v", "v"), ("a", "a")],
+             "cma": [("v", "a"), ("a", "v"), ("v", "v"), ("a", "a")]}
+
+
+def _cma_model(n=30, K=10, pos_k=5, **kw):
+    model = _model("cma", n=n, K=K, pos_k=pos_k, **kw)
+    model.find_positives()
+    return model
+
+
+@pytest.mark.parametrize("objective", ["self", "cross", "joint", "cma"])
+@pytest.mark.parametrize("z_from", ["first", "all"])
+def test_z_is_the_mean_exp_score_of_the_chosen_terms_negatives_then_kept(objective, z_from):
+    model = _cma_model(within_negatives=4, z_from=z_from) if objective == "cma" else _model(objective, z_from=z_from)
     assert float(model.Z) < 0
     v, a = _batch()
     ids = torch.tensor([1, 2, 3, 4, 5, 6])
-    g = torch.Generator().manual_seed(0)
-    neg_ids, _ = model._uniform(ids, g)
+    neg_ids, _ = model._uniform(ids, torch.Generator().manual_seed(0))
+    banks = {"v": model.bank_v.clone(), "a": model.bank_a.clone()}
     with torch.no_grad():
-        q_v, q_a = model.f_v(v), model.f_a(a)
-        s_va = torch.einsum("md,mkd->mk", q_v, model.bank_a[neg_ids]) / 0.07  # v against ā's negatives
-        s_av = torch.einsum("md,mkd->mk", q_a, model.bank_v[neg_ids]) / 0.07
-        want = torch.stack([s_va.exp().mean(), s_av.exp().mean()]).mean()
+        q = {"v": model.f_v(v).double(), "a": model.f_a(a).double()}
+    means = []
+    for m, t in (FIRST_TERM if z_from == "first" else ALL_TERMS)[objective]:
+        within_set = objective == "cma" and m == t  # CMA's within-modal term: its first 4 negatives
+        negs = neg_ids[:, :4] if within_set else neg_ids
+        scores = [[float(q[m][r] @ banks[t][j].double()) / 0.07 for j in negs[r].tolist()] for r in range(6)]
+        means.append(sum(math.exp(x) for row in scores for x in row) / sum(len(row) for row in scores))
+    want = sum(means) / len(means)
     model(v, a, ids, generator=torch.Generator().manual_seed(0))
     Z1 = float(model.Z)
-    assert Z1 == pytest.approx(float(want), rel=1e-5)
+    assert Z1 == pytest.approx(want, rel=1e-5)
     model(*_batch(seed=1), torch.tensor([7, 8, 9, 10, 11, 12]), generator=torch.Generator().manual_seed(1))
     assert float(model.Z) == Z1
+
+
+def test_the_two_z_choices_differ_on_the_same_inputs():
+    """What the choice changes: on one batch, Cross's v->a mean and the mean over v->a and a->v."""
+    zs = {}
+    for z_from in ("first", "all"):
+        model = _model("cross", z_from=z_from)
+        model(*_batch(), torch.tensor([1, 2, 3, 4, 5, 6]), generator=torch.Generator().manual_seed(0))
+        zs[z_from] = float(model.Z)
+    assert abs(zs["first"] / zs["all"] - 1) > 1e-3
+
+
+def _nce_by_hand(q, pos_rows, neg_rows, Z, tau=0.07):
+    """One row of Wu et al.'s NCE, written out: -mean_p log h(s_p) - sum_n log(1 - h(s_n)),
+    h(s) = e^s / (e^s + K Z) with K = len(neg_rows)."""
+    K = len(neg_rows)
+    h = lambda s: math.exp(s) / (math.exp(s) + K * Z)  # noqa: E731
+    s_pos = [float(q @ r) / tau for r in pos_rows]
+    s_neg = [float(q @ r) / tau for r in neg_rows]
+    return -sum(math.log(h(x)) for x in s_pos) / len(s_pos) - sum(math.log(1 - h(x)) for x in s_neg)
+
+
+@pytest.mark.parametrize("cross_positives", ["instance", "instance+set"])
+@pytest.mark.parametrize("num_positives, within_negatives", [(0, 4), (3, 0), (0, 50)])
+def test_cma_loss_term_by_term(cross_positives, num_positives, within_negatives):
+    """AVID-CMA's loss from its definition, row by row in float64: the cross-modal NCE of v_i against
+    ā (and a_i against v̄) whose positives are i (``instance``, AVID-CMA's code) or i and the step's
+    positives of P_i; plus within_weight x the within-modal NCE whose positives are the step's
+    positives and whose negatives are the first ``within_negatives`` of the clip's K (0 or >= K:
+    all). The step's positives: all of P_i (num_positives=0, AVID-CMA's code) or num_positives draws."""
+    model = _cma_model(K=10, pos_k=5, num_positives=num_positives, within_negatives=within_negatives,
+                       cross_positives=cross_positives, within_weight=0.5)
+    model.Z.fill_(3.0)  # CMA's Z comes from its source run
+    v, a = _batch()
+    ids = torch.tensor([0, 4, 9, 13, 21, 29])
+    neg_ids, pos_ids = model._uniform(ids, torch.Generator().manual_seed(2))
+    P = model.positives[ids]
+    if num_positives == 0:
+        assert torch.equal(pos_ids, P)  # every positive of P_i, every step
+    else:
+        assert pos_ids.shape == (6, num_positives) and all(set(pos_ids[r].tolist()) <= set(P[r].tolist())
+                                                           for r in range(6))
+    W = within_negatives if 0 < within_negatives < 10 else 10
+    banks = {"v": model.bank_v.double().clone(), "a": model.bank_a.double().clone()}
+    out = model(v, a, ids, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        q = {"v": model.f_v(v).double(), "a": model.f_a(a).double()}
+    want = {"v": 0.0, "a": 0.0}
+    for r, i in enumerate(ids.tolist()):
+        pos, neg = pos_ids[r].tolist(), neg_ids[r].tolist()
+        for m, t in (("v", "a"), ("a", "v")):
+            cross_rows = [i] + (pos if cross_positives == "instance+set" else [])
+            want[m] += _nce_by_hand(q[m][r], banks[t][cross_rows], banks[t][neg], 3.0) / 6
+            want[m] += 0.5 * _nce_by_hand(q[m][r], banks[m][pos], banks[m][neg[:W]], 3.0) / 6
+    assert float(out.loss_v) == pytest.approx(want["v"], rel=1e-5)
+    assert float(out.loss_a) == pytest.approx(want["a"], rel=1e-5)
+
+
+def test_cma_defaults_are_the_released_code():
+    cfg = load_config(overrides=["method=avid_cross"])
+    c = cfg.cma
+    assert (cfg.avid.z_from, c.num_positives, c.cross_positives, c.within_negatives, c.pos_k, c.within_weight) == \
+        ("first", 0, "instance", 64, 32, 1.0)
+    assert load_config(overrides=["preset=paper"]).cma.resample_every == 5  # the released configs' resample_freq
 
 
 @pytest.mark.parametrize("objective, terms", [("self", {("v", "v"), ("a", "a")}), ("cross", {("v", "a"), ("a", "v")}),
@@ -209,6 +294,22 @@ def test_cma_needs_an_avid_run(tmp_path):
     pretrain(load_config(overrides=TINY + ["method=xmoco", "steps=2", "probe.enabled=false"]), tmp_path / "moco")
     with pytest.raises(ConfigError, match="bank_v|does not fit"):
         pretrain(tiny("method=avid_cma", f"init_from={tmp_path / 'moco'}"), tmp_path / "cma")
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("avid.z_from", "last", "avid.z_from"), ("cma.cross_positives", "set", "cma.cross_positives"),
+    ("cma.num_positives", -1, "cma.num_positives"), ("cma.num_positives", 7, "cma.num_positives"),
+    ("cma.within_negatives", -2, "cma.within_negatives")])
+def test_bad_cma_and_z_options_name_their_key(avid_run, key, value, match):
+    with pytest.raises(ConfigError, match=match):
+        tiny("method=avid_cma", f"init_from={avid_run}", "cma.pos_k=6", f"{key}={value}")
+
+
+@pytest.fixture(scope="module")
+def avid_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("avid") / "run"
+    pretrain(tiny("method=avid_cross", "steps=1"), out)
+    return out
 
 
 @pytest.mark.parametrize("how", ["encode", "random"])

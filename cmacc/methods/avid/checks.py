@@ -23,8 +23,10 @@ def validate(cfg) -> None:
              f"leaves {left}")
     if cma:
         need(c.pos_k >= 1, "cma.pos_k", f"must be >= 1, got {c.pos_k}")
-        need(1 <= c.num_positives <= c.pos_k, "cma.num_positives", f"must lie in 1..cma.pos_k={c.pos_k}, "
-             f"got {c.num_positives}")
+        need(0 <= c.num_positives <= c.pos_k, "cma.num_positives", f"must lie in 0..cma.pos_k={c.pos_k} "
+             f"(0: all of them), got {c.num_positives}")
+        need(c.within_negatives >= 0, "cma.within_negatives",
+             f"must be >= 0 (the first n of the avid.num_negatives; 0 or n >= K: all K), got {c.within_negatives}")
         need(c.resample_every >= 1, "cma.resample_every", f"must be >= 1 (epochs), got {c.resample_every}")
         need(c.within_weight >= 0, "cma.within_weight", f"must be >= 0, got {c.within_weight}")
         need(bool(cfg.init_from), "init_from", "method=avid_cma starts from an AVID run: set init_from=RUN_DIR "

@@ -21,8 +21,13 @@ class AvidFamily(Family):
 
     def describe(self, cfg) -> str:
         a = cfg.avid
-        return (f"M={cfg.M} K={a.num_negatives} per clip ({a.negatives}) tau={a.tau} bank mu={a.momentum} "
-                f"loss={a.loss}")
+        text = (f"M={cfg.M} K={a.num_negatives} per clip ({a.negatives}) tau={a.tau} bank mu={a.momentum} "
+                f"loss={a.loss} Z from {a.z_from}")
+        if cfg.spec.objective != "cma":
+            return text
+        c = cfg.cma
+        return (text + f"; CMA: P_i of {c.pos_k} by {c.agreement}, {c.num_positives or 'all'} per step, cross-modal "
+                f"positives {c.cross_positives}, within-modal x{c.within_weight:g} on {c.within_negatives or 'all'} negatives")
 
     def data_needs(self, cfg) -> list[tuple[str, int, str]]:
         return super().data_needs(cfg) + [("avid.num_negatives", checks.bank_clips(cfg),
@@ -33,8 +38,9 @@ class AvidFamily(Family):
         options = SamplerOptions(first=s.first, temperature=s.temperature, backend=backend,
                                  exclude_batch=s.exclude_batch)
         return AVID(*encoders, n_train, objective=cfg.spec.objective, K=a.num_negatives, tau=a.tau,
-                    momentum=a.momentum, loss=a.loss, negatives=a.negatives, pos_k=c.pos_k,
+                    momentum=a.momentum, loss=a.loss, negatives=a.negatives, z_from=a.z_from, pos_k=c.pos_k,
                     num_positives=c.num_positives, agreement=c.agreement, within_weight=c.within_weight,
+                    cross_positives=c.cross_positives, within_negatives=c.within_negatives,
                     sampler=options, comm=comm, seed=cfg.seed)
 
     def init_from_buffers(self, cfg) -> list[str]:
@@ -63,13 +69,13 @@ class AvidFamily(Family):
 
     def chance_loss(self, cfg, model: AVID) -> float:
         """Each direction's loss when every score is 1 / tau (queries and banks at one point): the sum
-        of its terms' weights times log(K + 1) (InfoNCE) or NCE at that score with the run's Z (NaN
-        before Z is estimated at step 1)."""
-        weight = sum(w for m, _, _, w in model.terms() if m == "v")
-        if model.loss_type == "infonce":
-            return weight * log_k1(model.K)
+        over its terms of weight times log(K_t + 1) (InfoNCE) or NCE at that score with the run's Z,
+        K_t the term's negatives (NaN before Z is estimated at step 1)."""
         Z = float(model.Z)
-        return weight * nce_flat(1.0 / model.tau, model.K, Z) if Z > 0 else float("nan")
+        if model.loss_type == "nce" and Z <= 0:
+            return float("nan")
+        per_term = (lambda K: log_k1(K)) if model.loss_type == "infonce" else (lambda K: nce_flat(1.0 / model.tau, K, Z))
+        return sum(w * per_term(model.term_negatives(kind)) for m, _, kind, w in model.terms() if m == "v")
 
 
 FAMILY = AvidFamily()

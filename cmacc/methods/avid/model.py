@@ -13,18 +13,26 @@ with bank entries by NCE (Wu et al., 2018), scores s = x.y / tau:
     h(s) = e^s / (e^s + K Z)
 
 where N_i are K negatives drawn uniformly from the bank without the clip itself, and Z (the
-partition function's estimate, as a mean of e^s) is computed once from the first batch's
-negatives and then kept (in the state dict: checkpoints and resumes keep it). ``loss="infonce"``
+partition function's estimate, as a mean of e^s) is computed once from the first batch and then
+kept (in the state dict: checkpoints and resumes keep it): from the first term's negatives
+(``z_from="first"``: v->a for Cross and Joint, v->v for Self, as AVID's code, whose single NCE
+criterion fixes Z on its first call) or from every term's (``"all"``). ``loss="infonce"``
 replaces NCE by -log e^{s_p} / (e^{s_p} + sum_n e^{s_n}). After the loss, the batch's entries
 become normalize(mu entry + (1 - mu) embedding), mu = 0.5.
 
 CMA (``objective="cma"``, started from an AVID run): every clip i has a positive set P_i, the
 ``pos_k`` clips j != i with the highest agreement of the two banks' similarities, consensus
 min(v̄_i.v̄_j, ā_i.ā_j) (or union = max, or one modality's), recomputed every
-``resample_every`` epochs. Each step draws ``num_positives`` of P_i; negatives are drawn
-uniformly outside P_i and i. The loss is the cross-modal instance NCE whose positives are i and
-the drawn P_i (v_i against ā, a_i against v̄), plus ``within_weight`` times the within-modal NCE
-whose positives are the drawn P_i (v_i against v̄, a_i against ā).
+``resample_every`` epochs. A step uses all of P_i (``num_positives=0``, AVID-CMA's code) or
+draws ``num_positives`` of it; negatives are drawn uniformly outside P_i and i. The loss is the
+cross-modal instance NCE (v_i against ā, a_i against v̄) whose positive is i alone
+(``cross_positives="instance"``, AVID-CMA's xModalInst term) or i and its positives
+(``"instance+set"``), plus ``within_weight`` times the within-modal NCE whose positives are
+those of P_i (v_i against v̄, a_i against ā) and whose negatives are the first
+``within_negatives`` of the clip's K (0: all K; AVID-CMA's code: 64).
+
+Scale: these are the sums Eqs. 1-3 write. AVID's code halves each pair of terms and normalises
+the coefficients: Self and Cross here are 2x its loss, Joint 4x, CMA 2 (1 + within_weight)x.
 
 Active negatives (``negatives`` = a cmacc.sampling embedding, e.g. "gradient"): instead of
 uniform draws, each bank's K negatives are picked with cmacc.sampling.select -- the bank is the
@@ -48,7 +56,7 @@ from ...models import Encoder
 from ...system.dist import Comm
 from ..losses import infonce_multi, nce
 from ..protocol import StepOutput
-from ..registry import AGREEMENTS, AVID_OBJECTIVES
+from ..registry import AGREEMENTS, AVID_OBJECTIVES, CROSS_POSITIVES, Z_SOURCES
 from ..shared import SamplerOptions, WrappableQueries, spread
 from .positives import agreement_topk, draw_outside
 
@@ -60,18 +68,22 @@ class AVID(WrappableQueries, nn.Module):
 
     n: training clips (bank rows); K: negatives per query; tau: NCE temperature (AVID: 0.07);
     momentum: bank mu (AVID: 0.5); loss: "nce" | "infonce"; negatives: "uniform" or a
-    cmacc.sampling embedding; pos_k / num_positives / agreement / within_weight: CMA only.
+    cmacc.sampling embedding; z_from: "first" | "all"; pos_k / num_positives / agreement /
+    within_weight / cross_positives / within_negatives: CMA only.
     """
 
     def __init__(self, f_v: Encoder, f_a: Encoder, n: int, *, objective: str = "cross", K: int = 1024,
                  tau: float = 0.07, momentum: float = 0.5, loss: str = "nce", negatives: str = "uniform",
-                 pos_k: int = 32, num_positives: int = 8, agreement: str = "consensus", within_weight: float = 1.0,
+                 z_from: str = "first", pos_k: int = 32, num_positives: int = 0, agreement: str = "consensus",
+                 within_weight: float = 1.0, cross_positives: str = "instance", within_negatives: int = 64,
                  sampler: SamplerOptions | None = None, comm: Comm | None = None, seed: int = 0) -> None:
         super().__init__()
-        _check(n, objective, K, loss, negatives, pos_k, num_positives, agreement)
+        _check(n, objective, K, loss, negatives, z_from, pos_k, num_positives, agreement, cross_positives,
+               within_negatives)
         self.objective, self.K, self.tau, self.mu, self.loss_type = objective, K, tau, momentum, loss
-        self.negatives, self.pos_k, self.num_positives = negatives, pos_k, num_positives
-        self.agreement, self.within_weight = agreement, within_weight
+        self.negatives, self.z_from, self.pos_k, self.num_positives = negatives, z_from, pos_k, num_positives
+        self.agreement, self.within_weight, self.cross_positives = agreement, within_weight, cross_positives
+        self.within_negatives = within_negatives
         self.sampler, self.comm = sampler or SamplerOptions(), comm or Comm()
         self.f_v, self.f_a = f_v, f_a
         self._init_queries()
@@ -100,29 +112,38 @@ class AVID(WrappableQueries, nn.Module):
         self.positives.copy_(agreement_topk(self.bank_v, self.bank_a, self.pos_k, self.agreement))
 
     def terms(self) -> list[Term]:
-        """The terms of Eqs. 1-3 and of CMA: (query modality, target bank, positives, weight);
-        positives "self" = the clip's own entry, "P" = its drawn positive set."""
+        """The terms of Eqs. 1-3 and of CMA, in AVID's code's order: (query modality, target bank,
+        positives, weight); positives "self" = the clip's own entry, "P" = its positives of P_i."""
         cross = [("v", "a", "self", 1.0), ("a", "v", "self", 1.0)]
         within = [("v", "v", "self", 1.0), ("a", "a", "self", 1.0)]
         if self.objective == "cma":
-            return [("v", "a", "self+P", 1.0), ("a", "v", "self+P", 1.0),
+            x = "self" if self.cross_positives == "instance" else "self+P"
+            return [("v", "a", x, 1.0), ("a", "v", x, 1.0),
                     ("v", "v", "P", self.within_weight), ("a", "a", "P", self.within_weight)]
         return {"self": within, "cross": cross, "joint": cross + within}[self.objective]
 
+    def term_negatives(self, kind: str) -> int:
+        """Negatives per row of a term with positives ``kind``: CMA's within-modal positive-set term
+        takes the first ``within_negatives`` of the K (AVID-CMA's num_negatives_within; all K when
+        it is 0 or at least K)."""
+        return min(self.within_negatives, self.K) if kind == "P" and self.within_negatives else self.K
+
     # ---- negatives and positives ----
     def _uniform(self, ids: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(M x K negatives, M x num_positives drawn positives or None) for the global batch."""
+        """(M x K negatives, M x P positives or None) for the global batch: P = pos_k (all of P_i)
+        or num_positives drawn from it with replacement."""
         ids = ids.to(self.bank_v.device)
         if self.objective != "cma":
             return draw_outside(self.n, ids[:, None], self.K, generator), None
         P = self.positives[ids]  # M x pos_k, sorted
         if (P < 0).any():
             raise RuntimeError("CMA positive sets were never computed (find_positives)")
+        excluded = torch.cat([P, ids[:, None]], 1).sort(dim=1).values  # P_i and i
+        if not self.num_positives:
+            return draw_outside(self.n, excluded, self.K, generator), P
         dev = generator.device if generator is not None else "cpu"
         pick = torch.randint(self.pos_k, (len(ids), self.num_positives), generator=generator, device=dev)
-        pos = P.gather(1, pick.to(P.device))
-        excluded = torch.cat([P, ids[:, None]], 1).sort(dim=1).values  # P_i and i
-        return draw_outside(self.n, excluded, self.K, generator), pos
+        return draw_outside(self.n, excluded, self.K, generator), P.gather(1, pick.to(P.device))
 
     def _active(self, bank: torch.Tensor, queries: torch.Tensor, batch_ids: torch.Tensor, generator) -> torch.Tensor:
         """K ids of ``bank`` picked by cmacc.sampling.select for the gathered ``queries``."""
@@ -155,12 +176,15 @@ class AVID(WrappableQueries, nn.Module):
         were before this step's update."""
         banks, mine = {"v": self.bank_v, "a": self.bank_a}, ids.to(self.bank_v.device)[:, None]
         rows = {"self": mine, "P": P, "self+P": torch.cat([mine, P], 1) if P is not None else None}
-        return {(q, t): (banks[t][rows[kind]].clone(), banks[t][neg_ids[t]].clone()) for q, t, kind, _ in self.terms()}
+        return {(q, t): (banks[t][rows[kind]].clone(), banks[t][neg_ids[t][:, :self.term_negatives(kind)]].clone())
+                for q, t, kind, _ in self.terms()}
 
     @torch.no_grad()
     def _estimate_z(self, scores: dict) -> None:
-        """NCE's Z: the mean of e^s over the first batch's negatives of every term, then kept."""
-        z = torch.stack([neg.detach().float().exp().mean() for _, neg in scores.values()]).mean()
+        """NCE's Z from the first batch, then kept: the mean of e^s over the negatives of the first
+        term (z_from="first") or the mean of every term's mean (z_from="all"); averaged over ranks."""
+        terms = self.terms()[:1] if self.z_from == "first" else self.terms()
+        z = torch.stack([scores[(q, t)][1].detach().float().exp().mean() for q, t, _, _ in terms]).mean()
         z = z.double().reshape(1)
         self.comm.average_([z])
         self.Z.copy_(z[0])
@@ -206,19 +230,23 @@ class AVID(WrappableQueries, nn.Module):
         return acc["v"], acc["a"]
 
 
-def _check(n: int, objective: str, K: int, loss: str, negatives: str, pos_k: int, num_positives: int,
-           agreement: str) -> None:
+def _check(n: int, objective: str, K: int, loss: str, negatives: str, z_from: str, pos_k: int, num_positives: int,
+           agreement: str, cross_positives: str, within_negatives: int) -> None:
     if objective not in AVID_OBJECTIVES:
         raise ValueError(f"objective must be one of {AVID_OBJECTIVES}, got {objective!r}")
     if loss not in ("nce", "infonce"):
         raise ValueError(f"loss must be 'nce' or 'infonce', got {loss!r}")
     if negatives != "uniform" and negatives not in sampling.EMBEDDINGS:
         raise ValueError(f"negatives must be 'uniform' or one of {sampling.EMBEDDINGS}, got {negatives!r}")
-    if agreement not in AGREEMENTS:
-        raise ValueError(f"agreement must be one of {AGREEMENTS}, got {agreement!r}")
+    for name, value, allowed in (("agreement", agreement, AGREEMENTS), ("z_from", z_from, Z_SOURCES),
+                                 ("cross_positives", cross_positives, CROSS_POSITIVES)):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     excluded = 1 + (pos_k if objective == "cma" else 0)
     if not 1 <= K <= n - excluded:
         raise ValueError(f"K={K} negatives per clip need 1 <= K <= {n - excluded} (the {n} clips less "
                          f"the clip itself{' and its positive set' if objective == 'cma' else ''})")
-    if objective == "cma" and not 1 <= num_positives <= pos_k:
-        raise ValueError(f"num_positives={num_positives} must be in 1..pos_k={pos_k}")
+    if objective == "cma" and not 0 <= num_positives <= pos_k:
+        raise ValueError(f"num_positives={num_positives} must be in 0..pos_k={pos_k} (0: all)")
+    if within_negatives < 0:
+        raise ValueError(f"within_negatives={within_negatives} must be >= 0 (0: all K)")
