@@ -98,6 +98,11 @@ def _bench_dist(args: argparse.Namespace) -> int:
     return dist.main(args)
 
 
+def _bench_kernels(args: argparse.Namespace) -> int:
+    from .bench import kernels
+    return kernels.main(args)
+
+
 def _scan(args: argparse.Namespace) -> int:
     from .data.manifest import from_folder, read_manifest
     from .data.scan import default_workers, left_out, scan_paths, summarize, write_report
@@ -286,6 +291,15 @@ def _add_bench(sub) -> None:
     bt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more config overrides")
     bt.add_argument("--json", help="append result rows (with device, versions, git revision) to this file")
     bt.set_defaults(func=_bench_dist)
+    bk = bsub.add_parser("kernels", help="the Triton kernels compiled for real GPUs (no GPU needed): "
+                         "registers, spills, shared memory, occupancy")
+    bk.add_argument("--compile", action="store_true", required=True,
+                    help="compile every variant the wrappers launch (ahead of time, with the bundled ptxas)")
+    bk.add_argument("--arch", help="comma list of compute capabilities, e.g. 80,90 (default: every one in "
+                    "cmacc.kernels.aot.ARCH that this Triton knows)")
+    bk.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile processes (default: cores)")
+    bk.add_argument("--json", help="write the rows, limits and versions to this file")
+    bk.set_defaults(func=_bench_kernels)
 
 
 

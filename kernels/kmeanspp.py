@@ -33,7 +33,7 @@ import triton.language as tl
 from cmacc.sampling.cpu import MARGIN
 from cmacc.sampling.kmeanspp import kmeanspp as _kmeanspp_torch
 
-from ._common import empty, next_pow2
+from ._common import empty
 
 LOW = 2**31 - 1  # low 31 bits of a packed cell hold (2^31 - 1 - row)
 
@@ -59,7 +59,9 @@ def _rowdot(P_ptr, rows, row_ok, c, n_cols, stride, BLOCK_N: tl.constexpr, BLOCK
     return acc
 
 
-@triton.jit
+# t is not specialised: one compiled kernel serves every round (Triton would otherwise compile
+# t = 1 and t % 16 == 0 apart, and with t = 1 a constexpr, ``(t - 1).to(...)`` is not an op)
+@triton.jit(do_not_specialize=["t"])
 def _seed_round_kernel(
     A_ptr,  # rank-1: first factor a, N x MA; plain: the rows x, N x MA
     B_ptr,  # rank-1: second factor b, N x DB (unused when not RANK1)
@@ -135,6 +137,11 @@ def _seed_round_kernel(
 
 
 # ---------------------------------------------------------------- host wrapper
+# 16 columns per chunk and 8 warps: 27-45 registers at the paper's size, <= 128 for d = 300
+# (64 columns and 4 warps took 200+ registers and spilled; see ``cmacc bench kernels --compile``)
+ROUND_CONFIG = dict(BLOCK_C=16, num_warps=8)
+
+
 def kmeanspp(num: int, noise: torch.Tensor, *, x=None, a=None, b=None, exclude=None, first: str = "random",
              s: torch.Tensor | None = None, block_n: int = 128, prune: bool = True) -> torch.Tensor:
     """Triton twin of :func:`kmeanspp_reference`. ``s`` (squared norms) may be passed in when a
@@ -165,14 +172,13 @@ def kmeanspp(num: int, noise: torch.Tensor, *, x=None, a=None, b=None, exclude=N
     cc = torch.zeros(max(num, 1), dtype=torch.float32, device=dev)
     sk = torch.zeros(max(num, 1), dtype=torch.float32, device=dev)
     grid = (triton.cdiv(N, block_n),)
-    block_c = min(64, next_pow2(max(P.shape[1], Q.shape[1], 16)))
     for t in range(num):  # one launch per round; the winner stays on the device
         if prune and t >= 2:
             _centroid_distances(P, Q, rank1, s, cells[:t], cc, sk)
         _seed_round_kernel[grid](
             P, Q, s, d2, taken, noise[t], cells, near, cc, sk, float(MARGIN), t, N, P.shape[1], Q.shape[1],
             P.stride(0), Q.stride(0), RANK1=rank1, PRUNE=prune, FIRST=0 if t else (1 if first == "random" else 2),
-            BLOCK_N=block_n, BLOCK_C=block_c, num_warps=4)
+            BLOCK_N=block_n, **ROUND_CONFIG)
     picks = empty((num,), torch.int64, dev)
     torch.sub(LOW, cells & LOW, out=picks)
     return picks
@@ -182,11 +188,10 @@ def _centroid_distances(P, Q, rank1: bool, s, cells, cc, sk) -> None:
     """cc[k] = ||g_c - g_(k)||^2 for the newest pick c = cells[-1] and the earlier ones k, and
     sk[k] = s of pick k: t - 1 tiny dot products, queued on the device (no host sync)."""
     picks = LOW - (cells & LOW)
-    c, prev = picks[-1], picks[:-1]
-    Pf, Pc = P[prev].float(), P[c].float()
-    dot = Pf @ Pc
+    c, prev = picks[-1:], picks[:-1]  # c as a 1-element tensor: a 0-d index would sync (.item())
+    dot = (P[prev].float() @ P[c].float().T)[:, 0]
     if rank1:
-        dot = dot * (Q[prev].float() @ Q[c].float())
+        dot = dot * (Q[prev].float() @ Q[c].float().T)[:, 0]
     k = prev.shape[0]
     torch.clamp_min((s[prev] + s[c]) - 2.0 * dot, 0.0, out=cc[:k])
     sk[:k] = s[prev]

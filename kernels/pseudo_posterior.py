@@ -91,6 +91,23 @@ def _pseudo_posterior_kernel(
 
 
 # ---------------------------------------------------------------- host wrapper
+MAX_M = 512  # a program holds BLOCK_N x next_pow2(M) logits in registers
+
+
+def launch_config(M: int, D: int, block_n: int | None = None) -> dict:
+    """Meta-parameters for M queries of dimension D, chosen from the compiled resources
+    (``cmacc bench kernels --compile``, Triton 3.9, sm_80/90/100): about 4K fp32 logits per
+    program keep every variant within registers, without spills; 16 columns of d per chunk and
+    one stage keep shared memory under 34 KB (sm_86/89 allow 99 KB). 32 columns spilled 8 B on
+    sm_100 (bf16, M = 128), and at M = 512 eight warps spilled 4 B where four did not."""
+    if M > MAX_M:
+        raise ValueError(f"the Triton pseudo-posterior takes at most {MAX_M} queries (got M = {M}); "
+                         "use backend='torch' or fewer queries")
+    BLOCK_M = next_pow2(max(M, 16))
+    BLOCK_N = block_n or max(16, min(64, 4096 // BLOCK_M))
+    return dict(BLOCK_N=BLOCK_N, BLOCK_M=BLOCK_M, BLOCK_D=16, num_warps=4 if BLOCK_M >= 512 else 8, num_stages=1)
+
+
 def pseudo_posterior(keys: torch.Tensor, queries: torch.Tensor, temperature: float = 1.0,
                      block_n: int | None = None):
     """Triton twin of :func:`pseudo_posterior_reference`: (a, label, loss, s, ksq)."""
@@ -107,13 +124,9 @@ def pseudo_posterior(keys: torch.Tensor, queries: torch.Tensor, temperature: flo
     a = empty((N, M), torch.float32, dev)
     label = empty((N,), torch.int64, dev)
     loss, s, ksq = (empty((N,), torch.float32, dev) for _ in range(3))
-    BLOCK_M = next_pow2(max(M, 16))
-    BLOCK_D = min(next_pow2(max(D, 16)), 64)
-    # keep the BLOCK_N x BLOCK_M fp32 accumulator near 8K elements per program
-    BLOCK_N = block_n or max(16, min(128, 8192 // BLOCK_M))
-    grid = (triton.cdiv(N, BLOCK_N),)
+    cfg = launch_config(M, D, block_n)
+    grid = (triton.cdiv(N, cfg["BLOCK_N"]),)
     _pseudo_posterior_kernel[grid](
         keys, queries, a, label, loss, s, ksq, N, M, D, keys.stride(0), queries.stride(0),
-        1.0 / temperature, BLOCK_N=BLOCK_N, BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D,
-        num_warps=4 if BLOCK_M <= 64 else 8)
+        1.0 / temperature, **cfg)
     return a, label, loss, s, ksq

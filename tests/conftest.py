@@ -108,3 +108,13 @@ def _write_vfr(path: Path) -> Path:
         for p in a.encode():
             c.mux(p)
     return path
+
+
+# Tables that tests want shown at the end of the run (the kernels' compiled resources).
+SUMMARY_TABLES: list[tuple[str, str]] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    for title, text in SUMMARY_TABLES:
+        terminalreporter.section(title)
+        terminalreporter.write_line(text)
