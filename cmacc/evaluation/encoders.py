@@ -27,19 +27,23 @@ class Encoders:
     source: dict[str, Any]  # what the weights came from: run folder, step, method, config
 
 
-def _run_state(run_dir: Path) -> tuple[Config, dict, Path]:
-    path, state, _ = checkpoint.newest_intact(run_dir / "checkpoints")
+def _run_state(run_dir: Path, which: Path | None = None) -> tuple[Config, dict, Path]:
+    if which is None:
+        path, state, _ = checkpoint.newest_intact(run_dir / "checkpoints")
+    else:
+        path, state = which, checkpoint.load(which)
     if "config" not in state or "model" not in state:
         raise EncoderFileError(f"{path} holds no model or config: not a cmacc pretraining checkpoint")
     return config_from_dict(state["config"], source=str(path)), state, path
 
 
-def from_run(run_dir: str | Path) -> Encoders:
-    """The query encoders f_v, f_a of a run's newest intact checkpoint."""
+def from_run(run_dir: str | Path, which: str | Path | None = None) -> Encoders:
+    """The query encoders f_v, f_a of a run's newest intact checkpoint, or of checkpoint ``which``
+    (e.g. checkpoints/step_00000500.pt: a point of a learning curve)."""
     run_dir = Path(run_dir)
     if not (run_dir / "checkpoints").is_dir():
         raise EncoderFileError(f"{run_dir} is not a cmacc run folder (no checkpoints/ in it)")
-    cfg, state, path = _run_state(run_dir)
+    cfg, state, path = _run_state(run_dir, None if which is None else Path(which))
     arch = arch_of(dict(vars(cfg.model)), with_fc=cfg.fc != "none", mel_bands=cfg.data.mel_bands)
     f_v, f_a = build_from_arch(arch)
     for name, f in (("f_v", f_v), ("f_a", f_a)):

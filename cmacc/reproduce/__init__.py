@@ -14,3 +14,6 @@ METHODS: dict[str, tuple[str, ...]] = {
     "table1": ("smoco", "xmoco_nofcl", "xmoco", "cmacc"),  # CM-ACC Table 1
     "avid": ("avid_self", "avid_cross", "avid_joint", "xmoco", "cmacc"),  # AVID's Table 1 beside MoCo's
 }
+# `cmacc reproduce ablation`'s arms (cmacc.reproduce.ablation.ARMS holds what each one sets).
+ABLATION_ARMS = ("xmoco", "cmacc", "fresh_keys_off", "refresh_4x", "first_norm", "posterior_tau", "pool_paper",
+                 "bn4", "classes_x4")

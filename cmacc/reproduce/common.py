@@ -35,10 +35,14 @@ def kept_only():
         _KEPT_ONLY.reset(token)
 
 
+JOB = "job.json"  # the config a run folder is computing, written before it starts
+
+
 def cached(run_dir: Path, cfg, compute: Callable[[], dict]) -> dict | None:
     """``compute()``'s result, stored in run_dir/result.json with the run's resolved config; reused
-    when the config is the same, recomputed in a fresh folder otherwise (or after a killed run).
-    None under :func:`kept_only` when nothing is kept."""
+    when the config is the same. A folder left by a killed job of the same config (its job.json)
+    is kept, so that the job resumes from its last checkpoint (:func:`train_summary`); any other
+    folder is cleared first. None under :func:`kept_only` when nothing is kept."""
     path = run_dir / "result.json"
     if path.is_file():
         stored = json.loads(path.read_text())
@@ -46,12 +50,21 @@ def cached(run_dir: Path, cfg, compute: Callable[[], dict]) -> dict | None:
             return stored["result"]
     if _KEPT_ONLY.get():
         return None
-    if run_dir.exists():
+    if run_dir.exists() and not _same_job(run_dir, cfg):
         shutil.rmtree(run_dir)
-    result = compute()
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / JOB, json.dumps({"config": cfg.to_dict()}, indent=1))
+    result = compute()
     write_atomic(path, json.dumps({"config": cfg.to_dict(), "result": result}, indent=1))
     return result
+
+
+def _same_job(run_dir: Path, cfg) -> bool:
+    try:
+        stored = json.loads((run_dir / JOB).read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return not (run_dir / "result.json").exists() and same_config(stored, cfg.to_dict())
 
 
 def same_config(stored: dict, current: dict) -> bool:
@@ -76,17 +89,20 @@ def run_grid(jobs: list[tuple[str, str, int]], one: Callable[[str, str, int], di
 
 
 def train_summary(cfg, run_dir: Path) -> tuple[dict, dict]:
-    """Pretrain ``cfg`` into run_dir; (summary.json, the "why" numbers of the run): the share of
-    the dictionary with the query's latent label, distinct labels among each step's M enqueued
-    negatives (mean and per step), the final loss and the minutes taken."""
+    """Pretrain ``cfg`` into run_dir, resuming from its last checkpoint when a killed job of the
+    same config left one (see :func:`cached`); (summary.json, the "why" numbers of the run): the
+    share of the dictionary with the query's latent label, distinct labels among each step's M
+    enqueued negatives (mean and per step), the final loss and the minutes taken (this process's)."""
     from ..engine.train import pretrain
     t0 = time.perf_counter()
-    summary = pretrain(cfg, run_dir)
+    resume = (run_dir / "checkpoints" / "last.pt").exists()
+    summary = pretrain(cfg, run_dir, resume=resume)
     recs = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     neg = summary["negatives"]
     return summary, {"false_negatives": neg.get("false_negatives"), "distinct": neg.get("mean_categories"),
                      "distinct_per_step": [r.get("neg_categories") for r in recs],
-                     "final_loss": summary["final_loss"], "minutes": (time.perf_counter() - t0) / 60}
+                     "final_loss": summary["final_loss"], "minutes": (time.perf_counter() - t0) / 60,
+                     "resumed": resume}
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:

@@ -12,6 +12,7 @@ dictionary whose latent label z equals the query's: negatives that are really po
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,6 +44,7 @@ class Settings:
     probe_test: int = 1000
     lr: float = 2e-3
     encoder: str = "image_cells"  # model.video / model.audio (cmacc.models.resnet2d)
+    probe_every: int = 0  # > 0: a checkpoint every probe_every steps, each probed (the learning curve)
     overrides: list[str] = field(default_factory=list)  # further --set keys for every run
 
 
@@ -58,19 +60,27 @@ def run_config(s: Settings, zip_path: str, method: str, k: int, seed: int):
             f"M={s.M}", f"K={s.K}", f"N={s.N}", f"lr={s.lr}", f"warmup_steps={max(1, min(30, s.steps // 5))}",
             f"data.train_size={s.train_size}", f"data.probe_train_size={s.probe_train}",
             f"data.probe_test_size={s.probe_test}", "data.num_classes=2", "probe.enabled=false",
-            "run.progress=false", "run.checkpoint_every=100000", "run.keep_checkpoints=0"]
+            "run.progress=false", *_checkpoints(s)]
     return load_config(overrides=keys + list(s.overrides))
 
 
-def cell_probe(cfg, run_dir: Path) -> dict[str, list[float]]:
+def _checkpoints(s: Settings) -> list[str]:
+    """Checkpoints for a learning curve (every probe_every steps, all kept), else every 500 steps
+    so that a killed long run resumes (common.cached); none kept besides last.pt."""
+    if s.probe_every:
+        return [f"run.checkpoint_every={s.probe_every}", f"run.keep_checkpoints={s.steps // s.probe_every + 1}"]
+    return ["run.checkpoint_every=500", "run.keep_checkpoints=0"]
+
+
+def cell_probe(cfg, run_dir: Path, which: Path | None = None) -> dict[str, list[float]]:
     """Per used cell: accuracy of a logistic regression of z_i on the frozen x-encoder's features,
     tested on held-out drawers (``held_out``, the reported number) and on new pairs by the
-    pretraining drawers (``seen``)."""
+    pretraining drawers (``seen``); the run's last checkpoint, or checkpoint ``which``."""
     from ..data.build import build_data
     from ..evaluation import features
     from ..evaluation.encoders import from_run
     from .omniglot import SpatialMultiOmniglot
-    enc = from_run(run_dir)
+    enc = from_run(run_dir, which)
     data = build_data(cfg, torch.device("cpu"))
     tr, te = data.probe_train, data.probe_test
     seen = SpatialMultiOmniglot(te.glyphs, te.alphabets, te.k, len(te), split="probe_test_seen", seed=te.seed,
@@ -144,11 +154,36 @@ def run_one(s: Settings, zip_path: str, method: str, k: int, seed: int, out: Pat
         else:
             _, why = common.train_summary(cfg, run_dir)
         probes = cell_probe(cfg, run_dir)
+        curve = learning_curve(cfg, run_dir) if s.probe_every and method not in REFERENCES else None
         return {"accuracy": float(np.mean(probes["held_out"])), "per_cell": probes["held_out"],
                 "accuracy_seen_drawers": float(np.mean(probes["seen"])), **why,
-                "minutes": (time.perf_counter() - t0) / 60}
+                **({"curve": curve} if curve is not None else {}), "minutes": (time.perf_counter() - t0) / 60}
 
     return common.cached(run_dir, cfg, compute)
+
+
+def learning_curve(cfg, run_dir: Path) -> dict[str, list]:
+    """Every kept step checkpoint probed as the final one is: {"steps", "accuracy" (held-out
+    drawers), "accuracy_seen_drawers"}. Each point is kept in run_dir/curve.jsonl as it is
+    computed, so a killed job's probes are not repeated."""
+    kept = run_dir / "curve.jsonl"
+    done = {}
+    if kept.exists():
+        for line in kept.read_text().splitlines():
+            if line.strip():
+                p = json.loads(line)
+                done[p["step"]] = p
+    for path in sorted((run_dir / "checkpoints").glob("step_*.pt")):
+        step = int(path.stem.split("_")[1])
+        if step not in done:
+            probes = cell_probe(cfg, run_dir, path)
+            done[step] = {"step": step, "accuracy": float(np.mean(probes["held_out"])),
+                          "accuracy_seen_drawers": float(np.mean(probes["seen"]))}
+            with open(kept, "a") as f:
+                f.write(json.dumps(done[step]) + "\n")
+    steps = sorted(done)
+    return {"steps": steps, "accuracy": [done[t]["accuracy"] for t in steps],
+            "accuracy_seen_drawers": [done[t]["accuracy_seen_drawers"] for t in steps]}
 
 
 @dataclass
@@ -213,7 +248,13 @@ def run(zip_path: str, out: Path, s: Settings, quick: bool) -> dict:
                                         "final_loss", "minutes")},
            "chance": {str(k): float(np.mean([1 / n for n in PAPER_SIZES[:k]])) for k in s.chars},
            "total_minutes": (time.perf_counter() - t0) / 60}
+    if s.probe_every:
+        res["curve"] = got.get("curve", {})
     common.write(out, res, plot, "mi.png", table(res))
+    if s.probe_every:
+        plot_curves(res, out / "mi_curves.png")
+        print(curves_table(res))
+        print(f"wrote {out / 'mi_curves.png'}")
     return res
 
 
@@ -256,6 +297,59 @@ def plot(res: dict, path: Path) -> None:
                  f"{res['settings']['train_size']} pairs", fontsize=9)
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def converged_at(steps: list[int], acc: list[float], tol: float = 0.01) -> int | None:
+    """The first kept step from which the curve never rises more than ``tol`` (absolute accuracy)
+    above its value there: where the probe has stopped improving. None when the last point is
+    still more than ``tol`` above every earlier one (still rising: train longer)."""
+    for i, a in enumerate(acc):
+        if max(acc[i:]) <= a + tol:
+            return steps[i] if i < len(acc) - 1 or len(acc) == 1 else None
+    return None
+
+
+def curves_table(res: dict) -> str:
+    """Per method and k: the seed-mean curve at every kept step, and where each seed converged."""
+    lines = ["learning curves: probe accuracy (held-out drawers) against steps, mean over seeds; converged "
+             "at, per seed: the first kept step after which its curve never rises more than 1 point (None: "
+             "still rising at the last step)"]
+    for m, by_k in res["curve"].items():
+        for k, curves in by_k.items():
+            steps = curves[0]["steps"]
+            mean = np.mean([c["accuracy"] for c in curves if c["steps"] == steps], axis=0)
+            conv = [converged_at(c["steps"], c["accuracy"]) for c in curves]
+            lines.append(f"{m:<15} k={k}  " + " ".join(f"{t}:{100 * a:.1f}" for t, a in zip(steps, mean))
+                         + f"  converged at {conv}")
+    return "\n".join(lines)
+
+
+def plot_curves(res: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ks = sorted({k for by_k in res["curve"].values() for k in by_k}, key=int)
+    fig, axes = plt.subplots(1, len(ks), figsize=(4 * len(ks), 3.6), squeeze=False)
+    for ax, k in zip(axes[0], ks):
+        for m, by_k in res["curve"].items():
+            if k not in by_k:
+                continue
+            steps = by_k[k][0]["steps"]
+            accs = np.array([c["accuracy"] for c in by_k[k] if c["steps"] == steps])
+            mean, std = 100 * accs.mean(0), 100 * (accs.std(0, ddof=1) if len(accs) > 1 else 0 * accs[0])
+            ax.plot(steps, mean, marker=".", label=f"{m} ({len(accs)} seeds)")
+            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+        ax.axhline(100 * res["chance"][k], color="k", ls="--", lw=1)
+        ax.set_title(f"k = {k}", fontsize=9)
+        ax.set_xlabel("pretraining step")
+        ax.set_ylim(0, 100)
+    axes[0][0].set_ylabel("probe accuracy (%), held-out drawers")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"Spatial-MultiOmniglot learning curves, {res['settings']['train_size']} pairs, "
+                 f"M = {res['settings']['M']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -63,9 +63,9 @@ def check(s: Settings) -> None:
         run_config(s, method, s.seeds[0])
 
 
-def run_one(s: Settings, method: str, seed: int, out: Path) -> dict:
+def run_one(s: Settings, method: str, seed: int, out: Path, name: str = "") -> dict:
     cfg = run_config(s, method, seed)
-    run_dir = (Path(s.runs) if s.runs else out / "runs") / f"{method}-seed{seed}"
+    run_dir = (Path(s.runs) if s.runs else out / "runs") / f"{name or method}-seed{seed}"
 
     def compute() -> dict:
         summary, why = common.train_summary(cfg, run_dir)

@@ -100,7 +100,8 @@ def test_a_killed_run_is_redone_in_a_fresh_folder(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["ohem", "--chars", "10"], "--chars"), (["fig2", "--batches", "8,x"], "--batches"),
-    (["ohem", "--methods", "nope"], "method"), (["mi", "--seeds", "a"], "--seeds")])
+    (["ohem", "--methods", "nope"], "method"), (["mi", "--seeds", "a"], "--seeds"),
+    (["mi", "--probe-every", "-1"], "--probe-every"), (["mi", "--probe-every", "7"], "--probe-every")])
 def test_bad_reproduce_flags_are_named(zp, tmp_path, capsys, argv, message):
     assert main(["reproduce", *argv, "--omniglot", zp, "--quick", "--out", str(tmp_path / "o")]) == 2
     assert message in capsys.readouterr().err
@@ -138,3 +139,42 @@ def test_class_separation_with_sparse_label_ids():
     keys = torch.nn.functional.normalize(centres[labels] + 0.05 * torch.randn(30, 8, generator=g), dim=1)
     sparse = torch.tensor([5, 10**15, 7 * 10**14])[labels]  # 10^15 classes would not fit as dense centroids
     assert class_separation(keys, sparse) == class_separation(keys, labels) == 100.0
+
+
+def test_ablation_runs_each_arm_with_its_keys_and_pairs_it_with_its_twin(tmp_path):
+    from cmacc.reproduce import ablation
+    out = tmp_path / "abl"
+    assert main(["reproduce", "ablation", "--quick", "--out", str(out), "--set", "run.threads=1"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    arms = ablation.QUICK["arms"]
+    assert set(res["results"]) == set(arms) | {"xmoco+bn4"} and set(res["delta_vs_xmoco"]) == set(arms) - {"xmoco"}
+    cfg = {name: json.loads((out / "runs" / f"{name}-seed0" / "result.json").read_text())["config"]
+           for name in res["results"]}
+    assert cfg["fresh_keys_off"]["sampler"]["fresh_keys"] is False and cfg["cmacc"]["sampler"]["fresh_keys"] is True
+    assert cfg["refresh_4x"]["pool_refresh"] == 96 // 8 // 4 and cfg["cmacc"]["pool_refresh"] == 0
+    assert cfg["bn4"]["model"]["bn_splits"] == cfg["xmoco+bn4"]["model"]["bn_splits"] == 4
+    assert cfg["xmoco+bn4"]["method"] == "xmoco" and cfg["xmoco"]["model"]["bn_splits"] == 0
+    for arm, d in res["delta_vs_xmoco"].items():
+        twin = "xmoco+bn4" if arm == "bn4" else "xmoco"
+        assert d["vs"] == twin
+        for mod in ("video", "audio"):
+            diffs = [a - b for a, b in zip(res["results"][arm][mod], res["results"][twin][mod])]
+            assert d[mod] == pytest.approx([np.mean(diffs), np.std(diffs, ddof=1)])
+    assert (out / "ablation.png").stat().st_size > 1000
+
+
+def test_ablation_arms_resolve_per_setting():
+    from cmacc.config import ConfigError
+    from cmacc.reproduce import ablation
+    on_mi = ablation.Settings(on="mi")
+    assert ablation.arm_keys(on_mi, "refresh_4x") == ("cmacc", ["pool_refresh=78"])  # 10,000 / 32 / 4
+    assert ablation.arm_keys(on_mi, "pool_paper") == ("cmacc", ["N=1600"])  # 0.16 x 10,000 pairs
+    assert ablation.arm_keys(on_mi, "posterior_tau") == ("cmacc", ["sampler.temperature=0.1"])
+    assert ablation.arm_keys(ablation.Settings(), "classes_x4", twin=True) == ("xmoco", ["data.num_classes=128"])
+    assert ablation.arm_keys(ablation.Settings(), "pool_paper") == ("cmacc", ["N=480"])  # 0.16 x 3,072
+    with pytest.raises(ConfigError, match="needs the built-in data"):
+        ablation.arm_keys(on_mi, "classes_x4")
+    with pytest.raises(ConfigError, match="unknown arm 'nope'"):
+        ablation.arm_keys(on_mi, "nope")
+    with pytest.raises(ConfigError, match="--on mi needs --omniglot"):
+        ablation.check(on_mi)

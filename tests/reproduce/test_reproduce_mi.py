@@ -111,3 +111,45 @@ def test_supervised_reference_learns_the_cells(tmp_path):
     s = mi.Settings(**{**mi.QUICK, "steps": 40, "train_size": 600})
     r = mi.run_one(s, str(zp), "supervised", 1, 0, tmp_path / "o")
     assert r["accuracy"] > 5 / 55 and r["false_negatives"] is None
+
+
+def test_learning_curve_and_a_killed_job_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """--probe-every keeps a checkpoint every N steps and probes each; a job killed mid-run (its
+    job.json and checkpoints left) resumes from its last checkpoint, and its curve and final probe
+    equal an uninterrupted run's."""
+    from cmacc.engine import train
+    zp = omniglot_zip(tmp_path / "images_background_c.zip", alphabets=(("Alpha", 60),), drawers=20)
+    s = mi.Settings(**{**mi.QUICK, "steps": 6, "probe_every": 2, "chars": (1,), "methods": ("xmoco",),
+                       "seeds": (0,)})
+    whole = mi.run_one(s, str(zp), "xmoco", 1, 0, tmp_path / "whole")
+    assert whole["curve"]["steps"] == [0, 2, 4, 6] and whole["resumed"] is False
+    assert whole["curve"]["accuracy"][-1] == whole["accuracy"]
+
+    real = train.pretrain
+
+    def killed(cfg, out, **kw):
+        def on_step(step, rec):
+            if step == 3:
+                raise KeyboardInterrupt("killed")
+        return real(cfg, out, on_step=on_step, **kw)
+    monkeypatch.setattr(train, "pretrain", killed)
+    with pytest.raises(KeyboardInterrupt):
+        mi.run_one(s, str(zp), "xmoco", 1, 0, tmp_path / "cut")
+    run_dir = tmp_path / "cut" / "runs" / "xmoco-k1-seed0"
+    assert (run_dir / "job.json").exists() and not (run_dir / "result.json").exists()
+    monkeypatch.setattr(train, "pretrain", real)
+    resumed = mi.run_one(s, str(zp), "xmoco", 1, 0, tmp_path / "cut")
+    assert resumed["resumed"] is True
+    assert resumed["curve"] == whole["curve"] and resumed["accuracy"] == whole["accuracy"]
+    assert resumed["final_loss"] == whole["final_loss"]
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 6
+    # kept: a third call trains nothing
+    monkeypatch.setattr(train, "pretrain", lambda *a, **k: pytest.fail("trained again"))
+    assert mi.run_one(s, str(zp), "xmoco", 1, 0, tmp_path / "cut") == resumed
+
+
+def test_converged_at():
+    assert mi.converged_at([0, 2, 4, 6], [0.1, 0.5, 0.6, 0.605]) == 4
+    assert mi.converged_at([0, 2, 4, 6], [0.1, 0.5, 0.6, 0.7]) is None  # still rising
+    assert mi.converged_at([0, 2, 4], [0.5, 0.3, 0.505]) == 0  # never rose above the start
+    assert mi.converged_at([5], [0.4]) == 5
