@@ -106,12 +106,15 @@ def _bench_kernels(args: argparse.Namespace) -> int:
 def _scan(args: argparse.Namespace) -> int:
     from .data.manifest import from_folder, read_manifest
     from .data.scan import default_workers, left_out, scan_paths, summarize, write_report
+    from .data.fingerprint import manifest_digest
     if args.source.is_dir():
-        paths = [r.path for r in from_folder(args.source).rows]
+        m, root = from_folder(args.source), args.source.resolve()
     elif args.source.is_file():
-        paths = [r.path for r in read_manifest(args.source).rows]
+        m, root = read_manifest(args.source), None
     else:
         raise FileNotFoundError(f"{args.source} is neither a manifest nor a folder")
+    paths = [r.path for r in m.rows]
+    fp = manifest_digest(m, root)
     cfg = load_config(args.config, args.set)  # judge too-short and blank files as that run will
     on_blank, clip = cfg.data.on_blank, cfg.data.frames / cfg.data.fps
     if args.clip_seconds is not None:
@@ -121,6 +124,7 @@ def _scan(args: argparse.Namespace) -> int:
         clip = args.clip_seconds
     records = scan_paths(paths, clip_seconds=clip, decode=args.decode, workers=args.workers or default_workers())
     print(summarize(records))
+    print(f"data fingerprint {fp['digest'][:16]} ({fp['rows']} rows, {fp['classes']} classes; sha256 {fp['digest']})")
     origin = "--clip-seconds" if args.clip_seconds is not None else \
         "the config's data.frames / data.fps" if args.config or args.set else \
         "the default config's data.frames / data.fps; --config FILE for your run's"
@@ -133,24 +137,51 @@ def _scan(args: argparse.Namespace) -> int:
 
 def _manifest(args: argparse.Namespace) -> int:
     from .data import manifest as mf
+    from .data.fingerprint import manifest_digest
     missing: list = []
+    report = None
     if args.layout == "folder":
         m = mf.from_folder(args.root, label_from_parent=not args.no_labels)
     else:
         if args.annotations is None:
             raise ConfigError(f"cmacc manifest {args.layout} needs --annotations")
         build = {"kinetics": lambda: mf.from_kinetics(args.annotations, args.root),
+                 "kinetics_sound": lambda: mf.from_kinetics_sound(args.annotations, args.root),
+                 "audioset": lambda: mf.from_audioset(args.annotations, args.root),
+                 "vggsound": lambda: mf.from_vggsound(args.annotations, args.root),
                  "ucf101": lambda: mf.from_ucf101(args.root, args.annotations, args.split_id),
                  "hmdb51": lambda: mf.from_hmdb51(args.root, args.annotations, args.split_id),
                  "esc50": lambda: mf.from_esc50(args.annotations, args.root)}[args.layout]
-        m, missing = build()
+        m, missing, *extra = build()
+        report = extra[0] if extra else None
+    found = len(m)
+    if args.subset is not None:
+        m = mf.subset(m, args.subset, args.seed, _with_audio(args.with_audio) if args.with_audio else None)
+    elif args.with_audio:
+        raise ConfigError("--with-audio SCAN chooses the rows of --subset N; give --subset too")
     m.write(args.out)
     splits = {s: sum(r.split == s for r in m.rows) for s in sorted({r.split for r in m.rows})}
-    print(f"wrote {args.out}: {len(m)} rows, {len(m.classes)} classes, splits {splits}")
+    fp = manifest_digest(mf.read_manifest(args.out))
+    if args.layout != "folder":
+        print(f"{args.layout}: {found + len(missing)} annotated, {found} found, {len(missing)} missing")
+    if report:
+        print(f"kinetics_sound: {report['in_annotations']} of its {report['classes']} classes are in the annotations"
+              + (f"; absent: {', '.join(report['absent'])}" if report["absent"] else ""))
+    print(f"wrote {args.out}: {len(m)} rows, {len(m.classes)} classes, splits {splits}"
+          + (f" (subset of {found}, seed {args.seed})" if args.subset is not None else ""))
+    print(f"data fingerprint {fp['digest'][:16]} (sha256 {fp['digest']})")
     if missing:
-        print(f"{len(missing)} annotated files were not found, e.g. {missing[:3]}")
+        where = args.out.with_name(args.out.stem + ".missing.csv")
+        mf.write_missing(missing, where)
+        print(f"{len(missing)} annotated files were not found: {where} (e.g. {missing[0]})")
         return 1
     return 0
+
+
+def _with_audio(scan_path: Path) -> set[str]:
+    """Paths that a scan report found usable and carrying an audio stream."""
+    from .data.scan import read_report
+    return {p for p, r in read_report(scan_path).items() if r.usable and "no-audio" not in r.problems}
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -342,10 +373,16 @@ def main(argv: list[str] | None = None) -> int:
     sc.set_defaults(func=_scan)
 
     mf = sub.add_parser("manifest", help="build a manifest CSV from a dataset layout")
-    mf.add_argument("layout", choices=("folder", "kinetics", "ucf101", "hmdb51", "esc50"))
+    mf.add_argument("layout", choices=("folder", "kinetics", "kinetics_sound", "audioset", "vggsound", "ucf101",
+                                       "hmdb51", "esc50"))
     mf.add_argument("root", type=Path, help="folder of the media files (esc50: the audio folder)")
     mf.add_argument("--annotations", type=Path,
-                    help="kinetics: the annotation CSV; ucf101/hmdb51: the splits folder; esc50: esc50.csv")
+                    help="kinetics, kinetics_sound: a Kinetics-400/600/700 CSV; audioset: a *_segments.csv; "
+                         "vggsound: vggsound.csv; ucf101/hmdb51: the splits folder; esc50: esc50.csv")
+    mf.add_argument("--subset", type=int, help="keep N rows, drawn reproducibly (--seed)")
+    mf.add_argument("--seed", type=int, default=0, help="--subset's draw (default 0)")
+    mf.add_argument("--with-audio", type=Path, dest="with_audio", metavar="SCAN",
+                    help="--subset draws only from files this `cmacc scan --out` report found usable with audio")
     mf.add_argument("--split-id", type=int, default=1, help="ucf101/hmdb51 official split 1-3")
     mf.add_argument("--no-labels", action="store_true", help="folder: do not take labels from parent folders")
     mf.add_argument("--out", type=Path, required=True)

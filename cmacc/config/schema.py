@@ -176,6 +176,7 @@ class RunConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16: autocast for encoders and loss (the sampler stays fp32)
     dist_timeout: float = 1800.0  # seconds a collective may wait for the other ranks before failing
     check_sync_every: int = 0  # every n steps, check that replicated state is bitwise equal on all ranks (0: never)
+    allow_data_change: bool = False  # --resume on a manifest that changed since the checkpoint (recorded)
     keep_freed_memory: bool = True  # glibc malloc keeps freed blocks: no page faults per step (cmacc.system.allocator)
 
 

@@ -220,3 +220,144 @@ def _lines(path: Path) -> list[str]:
     if not path.is_file():
         raise ManifestError(f"{path} does not exist")
     return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+
+
+# ---------------------------------------------------------------- the pretraining sets of the papers
+def _media_index(root: Path) -> dict[str, Path]:
+    """Every media file under ``root`` by stem (video and audio extensions)."""
+    exts = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS
+    return {p.stem: p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts}
+
+
+def _find_segment(index: dict[str, Path], yid: str, t0: float, t1: float, trimmed: tuple[str, ...]) -> Row | None:
+    """A trimmed clip under one of the ``trimmed`` stems (no segment recorded), or the whole video
+    ``<yid>`` / ``Y<yid>`` with the segment as start/end."""
+    for stem in trimmed:
+        if stem in index:
+            return Row(index[stem])
+    for stem in (yid, f"Y{yid}"):
+        if stem in index:
+            return Row(index[stem], start=t0, end=t1)
+    return None
+
+
+def from_audioset(csv_path: str | Path, root: str | Path) -> tuple[Manifest, list[dict]]:
+    """AudioSet segment lists as released (balanced_train_segments.csv, unbalanced_train_segments.csv,
+    eval_segments.csv): ``#`` comment lines, then ``YTID, start_seconds, end_seconds, "m1,m2,..."``
+    with spaces after the commas and the label list quoted. A file is found by stem: a trimmed clip
+    ``<YTID>_<start>_<end>`` (integer or 3-decimal seconds, or milliseconds), ``<YTID>_<start>``, or a
+    whole video ``<YTID>`` / ``Y<YTID>`` (the segment becomes start/end, so clips are drawn inside it).
+    ``label`` is the first of the positive labels (AudioSet is multi-label; pretraining reads none);
+    split = the csv's stem. Returns (manifest, missing rows)."""
+    csv_path, root = Path(csv_path), Path(root).resolve()
+    index = _media_index(root)
+    rows, missing = [], []
+    split = csv_path.stem
+    with open(csv_path, newline="") as f:
+        for lineno, rec in enumerate(csv.reader(f, skipinitialspace=True), start=1):
+            if not rec or rec[0].startswith("#"):
+                continue
+            if len(rec) != 4:
+                raise ManifestError(f"{csv_path} line {lineno}: expected YTID, start_seconds, end_seconds, "
+                                    f"\"labels\" (4 fields), got {len(rec)}")
+            yid = rec[0].strip()
+            try:
+                t0, t1 = float(rec[1]), float(rec[2])
+            except ValueError:
+                raise ManifestError(f"{csv_path} line {lineno}: start_seconds/end_seconds not numbers: "
+                                    f"{rec[1]!r}, {rec[2]!r}") from None
+            labels = [x.strip() for x in rec[3].split(",") if x.strip()]
+            stems = (f"{yid}_{int(t0)}_{int(t1)}", f"{yid}_{t0:.3f}_{t1:.3f}", f"{yid}_{int(t0 * 1000)}_{int(t1 * 1000)}",
+                     f"{yid}_{int(t0)}")
+            row = _find_segment(index, yid, t0, t1, stems)
+            if row is None:
+                missing.append({"line": lineno, "youtube_id": yid, "start": t0, "end": t1, "labels": ",".join(labels),
+                                "split": split})
+            else:
+                rows.append(Row(row.path, labels[0] if labels else None, split, row.start, row.end))
+    return Manifest(rows, str(csv_path)), missing
+
+
+def from_vggsound(csv_path: str | Path, root: str | Path, seconds: float = 10.0) -> tuple[Manifest, list[dict]]:
+    """VGGSound's vggsound.csv as released: no header, ``YTID,start,label,split`` (split train or
+    test; each clip is ``seconds`` = 10 s from start). A file is found by stem: ``<YTID>_<start:06d>``
+    (the release's naming), ``<YTID>_<start>``, ``<YTID>_<start>_<end>``, or the whole video
+    ``<YTID>`` with the segment as start/end. Returns (manifest, missing rows)."""
+    csv_path, root = Path(csv_path), Path(root).resolve()
+    index = _media_index(root)
+    rows, missing = [], []
+    with open(csv_path, newline="") as f:
+        for lineno, rec in enumerate(csv.reader(f), start=1):
+            if not rec or not "".join(rec).strip():
+                continue
+            if len(rec) != 4:
+                raise ManifestError(f"{csv_path} line {lineno}: expected YTID,start,label,split (4 fields), "
+                                    f"got {len(rec)}")
+            yid, start, label, split = (x.strip() for x in rec)
+            if lineno == 1 and not start.isdigit():
+                continue  # a header some copies carry
+            try:
+                t0 = int(start)
+            except ValueError:
+                raise ManifestError(f"{csv_path} line {lineno}: start {start!r} is not an integer") from None
+            t1 = t0 + seconds
+            row = _find_segment(index, yid, float(t0), t1, (f"{yid}_{t0:06d}", f"{yid}_{t0}", f"{yid}_{t0}_{int(t1)}"))
+            if row is None:
+                missing.append({"line": lineno, "youtube_id": yid, "start": t0, "label": label, "split": split})
+            else:
+                rows.append(Row(row.path, label, split, row.start, row.end))
+    return Manifest(rows, str(csv_path)), missing
+
+
+def kinetics_sound_classes() -> tuple[list[str], dict]:
+    """Kinetics-Sound's classes (cmacc/data/kinetics_sound.txt): the list's names, and its header
+    lines as provenance."""
+    path = Path(__file__).with_name("kinetics_sound.txt")
+    names, notes = [], []
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            notes.append(line[1:].strip())
+        elif line.strip():
+            names.append(line.strip())
+    return names, {"file": path.name, "notes": notes}
+
+
+KINETICS_RENAMED = {"mowing lawn by pushing lawnmower": "mowing lawn", "stomping": "stomping grapes"}
+
+
+def from_kinetics_sound(csv_path: str | Path, root: str | Path) -> tuple[Manifest, list[dict], dict]:
+    """Kinetics (400/600/700 CSV) restricted to Kinetics-Sound's 34 classes (names as Arandjelovic &
+    Zisserman list them, matched to the released Kinetics names through KINETICS_RENAMED). Returns
+    (manifest, missing rows of those classes, report: which of the 34 the annotations hold)."""
+    names, source = kinetics_sound_classes()
+    wanted = {KINETICS_RENAMED.get(n, n): n for n in names}
+    m, missing = from_kinetics(csv_path, root)
+    with open(csv_path, newline="") as f:
+        annotated = {rec["label"] for rec in csv.DictReader(f)}
+    keep = [r for r in m.rows if r.label in wanted]
+    absent = sorted(n for k, n in wanted.items() if k not in annotated)
+    report = {"classes": len(names), "in_annotations": len(names) - len(absent), "absent": absent, **source}
+    return Manifest(keep, f"{csv_path}[kinetics-sound]"), [x for x in missing if x["label"] in wanted], report
+
+
+def subset(m: Manifest, n: int, seed: int, having: set[str] | None = None) -> Manifest:
+    """A reproducible subset of ``n`` rows (seeded, order kept), optionally of files in ``having``
+    (e.g. those `cmacc scan` found to carry audio, as the papers' 240K subsets are)."""
+    import numpy as np
+    pool = [r for r in m.rows if having is None or str(r.path) in having]
+    if n > len(pool):
+        raise ManifestError(f"--subset {n}: only {len(pool)} rows{' with audio' if having is not None else ''} "
+                            f"in {m.source}")
+    pick = np.sort(np.random.default_rng(seed).choice(len(pool), size=n, replace=False))
+    return Manifest([pool[i] for i in pick], f"{m.source}[subset {n}, seed {seed}]")
+
+
+def write_missing(missing: list[dict], path: Path) -> None:
+    """The annotated rows whose files were not found, beside the manifest (CSV)."""
+    from ..system.checkpoint import write_atomic
+    cols = list(dict.fromkeys(k for x in missing for k in x))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    w.writerows(missing)
+    write_atomic(path, buf.getvalue())

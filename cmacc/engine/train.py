@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from .. import methods
 from ..config import RECOVERY, Config, ConfigError, changed_keys, dump_yaml
+from ..data import fingerprint
 from ..data.build import build_data
 from ..methods.protocol import Context
 from ..models import build_encoder
@@ -145,6 +146,7 @@ class Pretraining:
                  self.backend, comm.world)
         self.family = methods.family(cfg.method)
         self._build_data()
+        self.data_change = self._check_data() if resume else None
         self.model = build_model(cfg, self.backend, comm, self.bn_per_rank, self.n_train).to(self.device)
         if self.sync_groups:
             sync_batchnorm(self.family.sync_bn_modules(self.model), comm, self.sync_groups)
@@ -212,10 +214,24 @@ class Pretraining:
             if not c.is_main:
                 self.data = build_data(cfg, self.device, None, scan=scan, views=views)
         self.labels, self.n_train = self.data.labels, len(self.data.train)
+        self.data_fp, self.data_rows = fingerprint.of_run_data(cfg, self.data)
         for key, need, what in self.family.data_needs(cfg):
             if need > self.n_train:
                 raise ConfigError(f"config key '{key}': {what} needs {need} distinct clips but the dataset has "
                                   f"{self.n_train} usable ones ({len(self.data.info.get('excluded', []))} left out)")
+
+    def _check_data(self) -> str | None:
+        """--resume: the data must be the one the checkpoint was trained on, unless run.allow_data_change
+        (then what changed is logged and recorded in run.json)."""
+        change = fingerprint.compare(self.state.get("data_fingerprint"), self.data_fp, self.out, self.data_rows)
+        if change and not self.cfg.run.allow_data_change:
+            raise fingerprint.DataChanged(
+                f"--resume {self.out}: the data changed since {self.resumed_from} (step {int(self.state['step'])}): "
+                f"{change}; resume with --set run.allow_data_change=true to train on it anyway (recorded in "
+                f"run.json), or start a new --out")
+        if change:
+            log.warning("resuming on changed data (run.allow_data_change=true): %s", change)
+        return change
 
     def _skipped(self, items) -> None:  # every clip replaced under the bad-input policy, with its reason
         for path, reason in items:
@@ -265,9 +281,12 @@ class Pretraining:
         self._flush_skips()
         if c.is_main:
             checkpoint.write_atomic(self.out / "config.yaml", dump_yaml(cfg))  # a resume's changes included
+            if self.data_rows is not None:
+                fingerprint.write_rows(self.out, self.data_rows)
             checkpoint.write_atomic(self.out / "run.json", json.dumps(
                 {**self._info(), "resumed_from_step": start if self.resume else None,
-                 "resumes": self._resumes(start), "data": self.data.info}, indent=2))
+                 "resumes": self._resumes(start), "data": self.data.info, "data_fingerprint": self.data_fp},
+                indent=2))
         if not self.resume:
             self.save(0)  # the state before any update: a run that diverges early can still be resumed
         self.start_step = self.ctx.start_step = start
@@ -283,7 +302,8 @@ class Pretraining:
             history = []
         changed = changed_keys(self.saved_config, self.cfg.to_dict())
         return history + [{"step": start, "checkpoint": str(self.resumed_from), "fallback_reason": self.fallback,
-                           "world_size": self.comm.world, "changed": {k: list(v) for k, v in changed.items()}}]
+                           "world_size": self.comm.world, "changed": {k: list(v) for k, v in changed.items()},
+                           "data_changed": self.data_change}]
 
     def _load(self) -> int:
         state, start = self.state, int(self.state["step"])
@@ -316,7 +336,8 @@ class Pretraining:
         if self.comm.is_main:
             state = {"step": step, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                      "scaler": self.scaler.state_dict(), "config": cfg.to_dict(), "torch_rng": torch.get_rng_state(),
-                     "sampler_backend": self.backend, "git": self.prov["git"], "world_size": self.comm.world}
+                     "sampler_backend": self.backend, "git": self.prov["git"], "world_size": self.comm.world,
+                     "data_fingerprint": self.data_fp}
             checkpoint.save(self.last, state)
             if cfg.run.keep_checkpoints:
                 checkpoint.save(self.ckpt_dir / f"step_{step:08d}.pt", state)

@@ -289,3 +289,32 @@ def test_triton_is_an_extra_not_a_requirement():
     assert not any(d.startswith("triton") for d in project["dependencies"])
     assert any(d.startswith("triton") for d in project["optional-dependencies"]["triton"])
     assert any(d.startswith("triton") for d in project["optional-dependencies"]["dev"])  # the kernel tests
+
+
+def test_resume_on_a_changed_manifest_is_refused_by_name(media, tmp_path, capsys):
+    """run.json and every checkpoint carry the data fingerprint; --resume on a manifest that lost a
+    row stops with exit 2 and says what changed, unless run.allow_data_change=true (then recorded)."""
+    import torch
+    from cmacc.data.manifest import Manifest, Row
+    manifest = tmp_path / "m.csv"
+    Manifest([Row(media["vp9"], "a"), Row(media["h264"], "b"), Row(media["mjpeg"], "a")]).write(manifest)
+    out = tmp_path / "r"
+    base = ["--set", "data.name=manifest", "--set", f"data.manifest={manifest}", "--set", "method=xmoco",
+            "--set", "M=2", "--set", "K=2", "--set", "data.size=32", "--set", "data.frames=4", "--set", "warmup_steps=1",
+            "--set", "run.progress=false", "--set", "probe.enabled=false", "--set", f"data.cache_dir={tmp_path / 'mel'}"]
+    assert main(["pretrain", "--out", str(out), *base, "--set", "steps=2"]) == 0
+    fp = json.loads((out / "run.json").read_text())["data_fingerprint"]
+    assert fp["kind"] == "manifest" and fp["rows"] == 3 and fp["files_used"] == 3 and fp["classes"] == 2
+    assert fp["sample_rate"] == 16000 and fp["clip_seconds"] == 0.4 and len(fp["digest"]) == 64
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=False)["data_fingerprint"] == fp
+    assert len((out / "data_rows.tsv").read_text().splitlines()) == 3
+    capsys.readouterr()
+    Manifest([Row(media["vp9"], "a"), Row(media["h264"], "b")]).write(manifest)
+    assert main(["pretrain", "--out", str(out), "--resume", "--set", "steps=3"]) == 2
+    err = _err(capsys)
+    assert "the data changed since" in err and "3 -> 2 rows; 1 removed (e.g. " in err and "mjpeg" in err
+    assert "run.allow_data_change=true" in err and "Traceback" not in err
+    assert main(["pretrain", "--out", str(out), "--resume", "--set", "steps=3", "--set",
+                 "run.allow_data_change=true"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert "1 removed" in run["resumes"][-1]["data_changed"] and run["data_fingerprint"]["rows"] == 2
