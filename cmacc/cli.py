@@ -231,6 +231,45 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embed(args: argparse.Namespace) -> int:
+    from .evaluation import device_of, embed, encoders
+    from .system import cores
+    given_model = [s for s in args.set if s.startswith("model.")]
+    if given_model and (args.encoders or args.run):
+        raise ConfigError(f"{given_model[0]}: model.* chooses the --random-init architecture; an export or run "
+                          f"brings its own")
+    cfg = load_config(args.config, args.set + [f"eval.crops={args.clips}"])
+    cores.apply(cores.plan(cfg.run.threads, 0))
+    enc = encoders.resolve(cfg, encoders=args.encoders, run=args.run, random=args.random_init)
+    req = embed.Request(tower=args.tower, level=args.level, clips=args.clips, stage=args.stage,
+                        shard_files=args.shard_files)
+    embed.run(cfg, enc, args.data, args.out, req, device_of(cfg))
+    return 0
+
+
+def _add_embed(sub) -> None:
+    em = sub.add_parser("embed", help="embeddings of your own videos and audio files with trained (or random) "
+                        "towers: video.npy / audio.npy, index.csv, embed.json; resumable")
+    src = em.add_mutually_exclusive_group()
+    src.add_argument("--encoders", help="an encoder file from `cmacc export`")
+    src.add_argument("--run", help="a run folder: its newest intact checkpoint")
+    src.add_argument("--random-init", action="store_true", help="random weights (the default architectures)")
+    em.add_argument("--data", nargs="+", required=True, help="folders, manifest CSVs or media files")
+    em.add_argument("--out", type=Path, required=True, help="output folder (rerun with the same one to resume)")
+    em.add_argument("--tower", choices=("video", "audio", "both"), default="both",
+                    help="which encoder(s); audio-only files need --tower audio (default both)")
+    em.add_argument("--level", choices=("clip", "video"), default="clip",
+                    help="one row per clip (default) or per file: the mean over its clips")
+    em.add_argument("--clips", type=int, default=10, help="uniformly spaced clips per file, as cmacc eval (default 10)")
+    em.add_argument("--stage", default="layer4", help="which stage's pooled features (default layer4, the last)")
+    em.add_argument("--shard-files", type=int, default=64, dest="shard_files",
+                    help="files per shard: the unit of resumption and of memory (default 64)")
+    em.add_argument("--config", type=Path, help="YAML of config keys (eval.*, data.cache_dir, run.*, model.*)")
+    em.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="e.g. --set eval.frames=16 --set run.device=cpu (repeatable)")
+    em.set_defaults(func=_embed)
+
+
 def _add_eval(sub) -> None:
     ex = sub.add_parser("export", help="write a run's query encoders f_v, f_a (state dicts + architecture) to a file")
     ex.add_argument("run", type=Path, help="run folder (its newest intact checkpoint)")
@@ -352,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _add_bench(sub)
     _add_eval(sub)
+    _add_embed(sub)
     from .reproduce.cli import add_parser as add_reproduce
     add_reproduce(sub)
     ms = sub.add_parser("methods", help="every method by name: its family, the options the name fixes, where "

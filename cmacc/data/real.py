@@ -347,6 +347,11 @@ class AudioClips(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def eval_start(self, length: float, clip: int) -> float:
+        """Start (s, from the file's or segment's start) of evaluation window ``clip`` of a file of ``length`` s."""
+        room = max(0.0, length - self.seconds)
+        return room * (clip + 0.5) / self.num_clips if self.num_clips > 1 else room / 2
+
     def __getitem__(self, req) -> dict:
         if isinstance(req, (int, np.integer)):
             req = ClipRequest(int(req), tag="eval")
@@ -356,10 +361,10 @@ class AudioClips(torch.utils.data.Dataset):
         except Exception as e:
             raise BadInput(f"{row.path}: cannot read audio: {type(e).__name__}: {e}") from e
         length = mel.shape[1] / self.mel.frames_per_second
-        room = max(0.0, length - self.seconds)
         if req.tag == "eval":
-            t0 = room * (req.clip + 0.5) / self.num_clips if self.num_clips > 1 else room / 2
+            t0 = self.eval_start(length, req.clip)
         else:
+            room = max(0.0, length - self.seconds)
             t0 = float(np.random.default_rng([self.seed, 37, req.epoch, req.index, TAGS[req.tag]]).uniform(0, room))
         return {"audio": torch.from_numpy(window(mel, t0, self.seconds, self.mel)),
                 "label": self.labels[req.index], "index": torch.tensor(req.index)}

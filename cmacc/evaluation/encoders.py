@@ -51,7 +51,8 @@ def from_run(run_dir: str | Path, which: str | Path | None = None) -> Encoders:
         load_into(f, sub, f"{path} ({name})")
     source = {"run": str(run_dir.resolve()), "checkpoint": str(path), "step": int(state["step"]),
               "method": cfg.method, "data": cfg.data.name, "audio": dict(vars(cfg.audio)),
-              "git": state.get("git"), "config": cfg.to_dict()}
+              "git": state.get("git"), "config": cfg.to_dict(),
+              "data_fingerprint": state.get("data_fingerprint")}
     return Encoders(f_v, f_a, arch, f"run:{run_dir} (step {state['step']})", source)
 
 
@@ -65,7 +66,7 @@ def random_init(cfg: Config) -> Encoders:
     arch = arch_of(dict(vars(cfg.model)), with_fc=cfg.fc != "none", mel_bands=cfg.data.mel_bands)
     torch.manual_seed(cfg.seed)
     f_v, f_a = build_from_arch(arch)
-    return Encoders(f_v, f_a, arch, "random-init", {"seed": cfg.seed})
+    return Encoders(f_v, f_a, arch, "random-init", {"seed": cfg.seed, "data_fingerprint": None})
 
 
 def resolve(cfg: Config, *, encoders: str | None, run: str | None, random: bool) -> Encoders:

@@ -70,13 +70,21 @@ def scan(manifests, cfg: Config, out: Path) -> dict:
     return {r.path: r for r in records}
 
 
-def datasets(m, records: dict, cfg: Config, device: torch.device) -> tuple[ManifestAV, ManifestAV, list[dict]]:
+def eval_dataset(m, records: dict, cfg: Config, device: torch.device, **changes) -> ManifestAV:
+    """The evaluation clips of manifest ``m``: eval.frames at eval.fps, eval.size crops, eval.crops
+    uniformly spaced clips per video (``cmacc embed`` reads the same clips; ``changes`` e.g. its
+    mel spec, num_clips or policies)."""
     e, d = cfg.eval, cfg.data
+    kw = dict(frames=e.frames, fps=e.fps, crop=e.size, backend=d.backend, gpu=device.type == "cuda",
+              on_missing_audio="silence",  # the video encoder alone: files without audio stay
+              on_corrupt=d.on_corrupt, on_blank=d.on_blank, seed=cfg.seed, num_clips=e.crops,
+              classes=sorted({r.label for r in m.rows if r.label}))
+    return ManifestAV(m, records, **{**kw, **changes})
+
+
+def datasets(m, records: dict, cfg: Config, device: torch.device) -> tuple[ManifestAV, ManifestAV, list[dict]]:
     classes = sorted({r.label for r in m.rows})
-    common = dict(frames=e.frames, fps=e.fps, crop=e.size, backend=d.backend, gpu=device.type == "cuda",
-                  on_missing_audio="silence",  # the video encoder alone: files without audio stay
-                  on_corrupt=d.on_corrupt, on_blank=d.on_blank, seed=cfg.seed, num_clips=e.crops, classes=classes)
-    train, test = ManifestAV(m.split("train"), records, **common), ManifestAV(m.split("test"), records, **common)
+    train, test = (eval_dataset(m.split(s), records, cfg, device, classes=classes) for s in ("train", "test"))
     excluded = [x | {"side": side} for side, ds in (("train", train), ("test", test)) for x in ds.excluded]
     return train, test, excluded
 
