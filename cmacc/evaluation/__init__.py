@@ -22,7 +22,7 @@ import torch
 from ..system import cores
 from ..system.allocator import keep_freed_memory
 from ..config import Config, ConfigError
-from . import encoders, report
+from . import card, encoders, report
 
 log = logging.getLogger("cmacc")
 TASKS = {"esc50": ("linear", "finetune", "baseline"), "ucf101": ("finetune",), "hmdb51": ("finetune",),
@@ -63,11 +63,15 @@ def run(task: str, cfg: Config, *, data: str, protocol: str, out: Path, encoders
         results = _synthetic(cfg, enc, device)
     else:
         results = [_video(task, cfg, Path(data), enc, device, out, splits=splits, split=split, dataset=dataset)]
-    for res in results:
+    for i, res in enumerate(results):
         res.update(encoder="log-mel/MFCC + logistic regression" if enc is None else enc.name,
                    encoder_source=None if enc is None else enc.source, arch=None if enc is None else enc.arch,
                    device=str(device), cpu=budget.to_dict(), time_s=time.perf_counter() - t0)
+        res = results[i] = {"protocol_card": card.card(task, res["protocol"], cfg, enc, res), **res}
         path = report.write(res, out, cfg.to_dict(), device)
+        print(card.text(res["protocol_card"]))
+        for w in res["protocol_card"]["warnings"]:
+            log.warning("%s", w)
         print(report.table(res))
         for s in res["data"]["skipped"]:
             print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
@@ -92,9 +96,19 @@ def _synthetic(cfg: Config, enc, device) -> list[dict]:
                                [data.probe_test.labels.numpy()], classes)
         res.update(how=f"probe_train ({len(data.probe_train)} videos) -> probe_test ({len(data.probe_test)}), "
                        f"one centred clip each, logistic regression (C={cfg.probe.C})",
-                   data={"name": "synthetic", "seed": cfg.seed, "classes": cfg.data.num_classes, "skipped": []})
+                   data={"name": "synthetic", "seed": cfg.seed, "classes": cfg.data.num_classes, "skipped": [],
+                         "fingerprint": _synthetic_fingerprint(cfg)})
         out.append(res)
     return out
+
+
+def _synthetic_fingerprint(cfg: Config) -> dict:
+    from ..data.fingerprint import settings_digest
+    d = cfg.data
+    settings = {k: getattr(d, k) for k in ("num_classes", "probe_train_size", "probe_test_size", "frames", "size",
+                                           "mel_bands", "audio_frames", "nuisance")} | {"seed": cfg.seed}
+    return {"digest": settings_digest(settings), "rows": d.probe_train_size + d.probe_test_size,
+            "classes": d.num_classes}
 
 
 def _esc50(cfg: Config, data, protocol: str, enc, device, cv) -> dict:
@@ -103,8 +117,12 @@ def _esc50(cfg: Config, data, protocol: str, enc, device, cv) -> dict:
     clips = raw["clips"]
     res = report.summarise("esc50", protocol, raw["per_fold"], [clips.labels[f.test] for f in raw["folds"]],
                            clips.classes)
+    from ..data.fingerprint import manifest_digest
+    from ..data.manifest import Manifest, Row
+    rows = [Row(p, clips.classes[y], f"fold{f}") for p, y, f in zip(clips.paths, clips.labels, clips.folds)]
     res.update(how=raw["how"], data={"root": str(data), "csv": str(clips.csv), "clips": len(clips.paths),
-                                     "classes": clips.classes, "skipped": clips.skipped},
+                                     "classes": clips.classes, "skipped": clips.skipped,
+                                     "fingerprint": manifest_digest(Manifest(rows), Path(data).resolve())},
                preprocessing={"mel": raw["mel"], "crops": cfg.eval.crops, "seconds": cfg.eval.audio_seconds})
     return res
 
@@ -130,7 +148,11 @@ def _video(task: str, cfg: Config, root: Path, enc, device, out: Path, *, splits
         res = report.summarise(task, "finetune", per_split, labels_of, classes)
         res["clip_mean"] = float(sum(f["clip_accuracy"] for f in res["folds"]) / len(res["folds"]))
     how = f"official split(s) {', '.join(map(str, ids))} of {name} (train on trainlist, test on testlist)"
+    from ..data.fingerprint import manifest_digest
+    from ..data.manifest import Manifest
+    every = Manifest([r for m, _ in read for r in m.rows])
     res.update(how=how, dataset=name, data={"root": str(root), "classes": classes,
+                                            "fingerprint": manifest_digest(every, root.resolve()),
                                             "skipped": [{"path": str(x[0]), "reason": x[1]} if isinstance(x, tuple)
                                                         else x for x in skipped]},
                preprocessing={"frames": cfg.eval.frames, "fps": cfg.eval.fps, "size": cfg.eval.size,

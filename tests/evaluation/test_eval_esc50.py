@@ -160,6 +160,34 @@ def test_linear_protocol_end_to_end(esc, tmp_path):
     assert res["mean"] > 0.5  # tones vs noise: a random encoder's features already separate them
     assert res["preprocessing"]["mel"]["n_mels"] == 40 and res["config"]["eval"]["crops"] == 3
     assert {"git", "versions"} <= set(res["provenance"]) and (tmp_path / "esc50.png").stat().st_size > 1000
+    card = res["protocol_card"]
+    assert list(res)[0] == "protocol_card" and card["task"] == "esc50" and card["protocol"] == "linear"
+    assert "linear SVM (C=1.0)" in card["classifier"] and card["averaged_over"] == ["fold1", "fold2", "fold3"]
+    assert "3 uniformly spaced" in card["clips_per_item"] and "averaged over the windows" in card["aggregation"]
+    assert card["pretraining"]["encoder"] == "random-init" and card["pretraining"]["data_fingerprint"] is None
+    assert card["warnings"] == [] and "resampled with librosa" in card["notes"][0]
+    assert card["data_fingerprint"] == res["data"]["fingerprint"]["digest"] and res["data"]["fingerprint"]["rows"] == 36
+
+
+def test_protocol_card_warns_where_evaluation_and_pretraining_differ():
+    from cmacc.config import load_config
+    from cmacc.evaluation import card
+    from cmacc.evaluation.encoders import Encoders
+    fp = {"kind": "manifest", "digest": "ab" * 32, "rows": 240000, "clip_seconds": 1.6}
+    enc = Encoders(None, None, {}, "run:r (step 9)", {"method": "cmacc", "step": 9, "data_fingerprint": fp,
+                                                      "audio": {"sample_rate": 16000},
+                                                      "config": {"data": {"frames": 16, "fps": 10.0, "size": 224}}})
+    cfg = load_config(overrides=["audio.sample_rate=22050"])
+    c = card.card("esc50", "linear", cfg, enc, {"preprocessing": {"mel": {"sample_rate": 16000}}, "folds": []})
+    assert c["pretraining"]["data_fingerprint"] == fp["digest"] and c["pretraining"]["sample_rate"] == 16000
+    assert any("audio.sample_rate=22050 was not used" in w and "librosa" in w for w in c["warnings"])
+    assert any("audio window differs: evaluation 2 s, pretraining clips 1.6 s" in w for w in c["warnings"])
+    v = card.card("ucf101", "finetune", load_config(), enc, {"folds": [{"name": "split1"}], "clip_mean": 0.5})
+    assert v["warnings"] == ["clip settings differ: evaluation 32 frames at 10 fps, 224 px; pretraining 16 frames "
+                             "at 10 fps, 224 px (the protocol's eval.frames / eval.fps / eval.size were used)"]
+    assert "video@1" in v["aggregation"] and "abababababababab" in card.text(v)
+    c = card.card("esc50", "linear", load_config(), enc, {"preprocessing": {"mel": {"sample_rate": 22050}}})
+    assert "evaluation features at 22050 Hz, the encoder was pretrained at 16000 Hz" in c["warnings"][0]
 
 
 def test_finetune_and_baseline_protocols(esc, tmp_path, monkeypatch):
