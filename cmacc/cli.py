@@ -161,7 +161,7 @@ def _manifest(args: argparse.Namespace) -> int:
         raise ConfigError("--with-audio SCAN chooses the rows of --subset N; give --subset too")
     m.write(args.out)
     splits = {s: sum(r.split == s for r in m.rows) for s in sorted({r.split for r in m.rows})}
-    fp = manifest_digest(mf.read_manifest(args.out))
+    fp = manifest_digest(m, args.out.resolve().parent)  # paths as written: relative to the manifest
     if args.layout != "folder":
         print(f"{args.layout}: {found + len(missing)} annotated, {found} found, {len(missing)} missing")
     if report:

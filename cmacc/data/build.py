@@ -22,6 +22,7 @@ class Data:
     probe_test: torch.utils.data.Dataset | None = None
     info: dict = field(default_factory=dict)  # what was read, left out and how (for run.json / summary)
     scan: dict | None = None  # manifest data: the scan records used, {path: ScanRecord}
+    manifest: object | None = None  # manifest data: the training split's rows (the data fingerprint reads them)
 
     @property
     def labels(self) -> torch.Tensor:
@@ -113,4 +114,4 @@ def _manifest_data(cfg: Config, device: torch.device, out: Path | None, views: i
             "mel": mel.to_dict(), "audio_frames": train.audio_frames, "classes": len(manifest.classes)}
     for e in train.excluded:
         log.warning("left out %s: %s (%s)", e["path"], e["reason"], e["detail"])
-    return Data(train, probes[0], probes[1], info, scan)
+    return Data(train, probes[0], probes[1], info, scan, train_rows)

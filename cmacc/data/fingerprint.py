@@ -27,7 +27,8 @@ class DataChanged(InputError, ValueError):
     """--resume found other data than the checkpoint was trained on; the message says what changed."""
 
 
-def _rel(path: Path, root: Path) -> str:
+def relative(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` when under it, else as given."""
     try:
         return str(path.relative_to(root))
     except ValueError:
@@ -43,7 +44,7 @@ def row_lines(manifest, root: Path | None = None) -> list[str]:
             size = r.path.stat().st_size
         except OSError:
             size = -1
-        out.append("\t".join([_rel(Path(r.path), root), str(size), r.label or "", r.split,
+        out.append("\t".join([relative(Path(r.path), root), str(size), r.label or "", r.split,
                               "" if r.start is None else repr(float(r.start)),
                               "" if r.end is None else repr(float(r.end))]))
     return sorted(out)
@@ -82,9 +83,7 @@ def of_run_data(cfg, data) -> tuple[dict, list[str] | None]:
     """(the run's fingerprint, its manifest rows or None) for a pretraining run's Data."""
     d = cfg.data
     if d.name == "manifest":
-        from .manifest import read_manifest
-        m = read_manifest(d.manifest).split(d.split)
-        lines = row_lines(m, Path(d.manifest).resolve().parent)
+        lines = row_lines(data.manifest, Path(d.manifest).resolve().parent)  # the rows build_data read
         excluded = data.info.get("excluded", [])
         mel = data.info.get("mel", {})
         return {"kind": "manifest", "manifest": str(d.manifest), "split": d.split, "digest": digest_lines(lines),
@@ -107,6 +106,18 @@ def of_run_data(cfg, data) -> tuple[dict, list[str] | None]:
 def write_rows(run_dir: Path, lines: list[str]) -> None:
     from ..system.checkpoint import write_atomic
     write_atomic(run_dir / ROWS_FILE, "".join(line + "\n" for line in lines))
+
+
+def check_resume(saved: dict | None, now: dict, run_dir: Path, now_lines: list[str] | None, *, allow: bool,
+                 checkpoint: str, step: int) -> str | None:
+    """--resume: None when the data is the checkpoint's; what changed when ``allow`` (run.allow_data_change);
+    else DataChanged naming the change."""
+    change = compare(saved, now, run_dir, now_lines)
+    if change and not allow:
+        raise DataChanged(f"--resume {run_dir}: the data changed since {checkpoint} (step {step}): {change}; resume "
+                          f"with --set run.allow_data_change=true to train on it anyway (recorded in run.json), or "
+                          f"start a new --out")
+    return change
 
 
 def compare(saved: dict | None, now: dict, run_dir: Path, now_lines: list[str] | None) -> str | None:

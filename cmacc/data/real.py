@@ -188,6 +188,11 @@ class ManifestAV(torch.utils.data.Dataset):
     def backends(self) -> dict[str, int]:
         return dict(Counter(it.backend for it in self.items))
 
+    def eval_span(self, index: int, clip: int) -> tuple[float, float]:
+        """(start, end) in container seconds of evaluation clip ``clip`` of item ``index``."""
+        plan = self._plan(self.items[index], ClipRequest(index, tag="eval", clip=clip), None)
+        return plan.t0, plan.t0 + self.T / self.fps
+
     # ---- one clip ----
     def _plan(self, it: _Item, req: ClipRequest, rng) -> ClipPlan:
         aspect = (it.rec.width or 1) / (it.rec.height or 1)

@@ -221,14 +221,10 @@ class Pretraining:
                                   f"{self.n_train} usable ones ({len(self.data.info.get('excluded', []))} left out)")
 
     def _check_data(self) -> str | None:
-        """--resume: the data must be the one the checkpoint was trained on, unless run.allow_data_change
-        (then what changed is logged and recorded in run.json)."""
-        change = fingerprint.compare(self.state.get("data_fingerprint"), self.data_fp, self.out, self.data_rows)
-        if change and not self.cfg.run.allow_data_change:
-            raise fingerprint.DataChanged(
-                f"--resume {self.out}: the data changed since {self.resumed_from} (step {int(self.state['step'])}): "
-                f"{change}; resume with --set run.allow_data_change=true to train on it anyway (recorded in "
-                f"run.json), or start a new --out")
+        """--resume: the checkpoint's data, or what changed under run.allow_data_change (logged, in run.json)."""
+        change = fingerprint.check_resume(self.state.get("data_fingerprint"), self.data_fp, self.out, self.data_rows,
+                                          allow=self.cfg.run.allow_data_change, checkpoint=str(self.resumed_from),
+                                          step=int(self.state["step"]))
         if change:
             log.warning("resuming on changed data (run.allow_data_change=true): %s", change)
         return change

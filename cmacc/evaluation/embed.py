@@ -77,7 +77,7 @@ def collect(paths: list[str | Path]) -> tuple[Manifest, Path]:
     if not rows:
         raise InputError(f"--data {' '.join(map(str, paths))}: no video or audio files")
     parents = [Path(os.path.abspath(r.path)).parent for r in rows]  # links keep their own names
-    root = Path(*Path(str(parents[0])).parts)
+    root = parents[0]
     while not all(root == q or root in q.parents for q in parents):
         root = root.parent
     return Manifest(rows, str(root / "embed")), root
@@ -105,7 +105,7 @@ class Embedder:
             skipped += [{"path": str(r.path), "reason": "audio-only file (--tower audio embeds it)"} for r in audios]
             audios = []
         for r in videos:  # the scan decides first, then each file alone on a decoder error
-            per_file.update(self._videos([r], records, skipped))
+            per_file.update(self._video(r, records, skipped))
         per_file.update(self._audios(audios, skipped))
         out = {k: [] for k in self.want}
         index = []
@@ -132,10 +132,11 @@ class Embedder:
             raise ConfigError(f"--stage {self.req.stage!r}: the encoder's stages are {', '.join(f)}")
         return f[self.req.stage]
 
-    def _videos(self, rows: list[Row], records: dict, skipped: list) -> dict:
+    def _video(self, row: Row, records: dict, skipped: list) -> dict:
+        """{path: (features per tower, clip spans)} of one video file, or {} with the reason in ``skipped``."""
         from ..data.real import BadInput
         from .video import eval_dataset
-        m = Manifest(rows, rows[0].path.name if rows else "")
+        m = Manifest([row], row.path.name)
         silence = "silence" if self.req.tower == "video" else self.cfg.data.on_missing_audio
         try:
             ds = eval_dataset(m, records, self.cfg, self.device, mel=self.mel, num_clips=self.req.clips,
@@ -143,24 +144,17 @@ class Embedder:
                               on_blank="skip" if self.cfg.data.on_blank == "error" else self.cfg.data.on_blank,
                               cache_dir=self._cache())
         except BadInput as e:
-            if rows and not _excluded(rows[0], records, skipped):
-                skipped.append({"path": str(rows[0].path), "reason": f"{e}"})
+            if not _excluded(row, records, skipped):
+                skipped.append({"path": str(row.path), "reason": f"{e}"})
             return {}
-        got = {}
         try:
             feats = {k: self._features(self.enc.f_v if k == "video" else self.enc.f_a, ds, k, len(ds))
                      for k in self.want}
         except (BadInput, OSError, ValueError) as e:
-            skipped.append({"path": str(rows[0].path), "reason": f"decode failed: {' '.join(str(e).split())[:200]}"})
+            skipped.append({"path": str(row.path), "reason": f"decode failed: {' '.join(str(e).split())[:200]}"})
             return {}
-        from ..data import ClipRequest
-        for i, it in enumerate(ds.items):
-            spans = []
-            for c in range(self.req.clips):
-                plan = ds._plan(it, ClipRequest(i, tag="eval", clip=c), None)
-                spans.append((c, round(plan.t0, 6), round(plan.t0 + ds.T / ds.fps, 6)))
-            got[str(it.path)] = ({k: v[i] for k, v in feats.items()}, spans)
-        return got
+        spans = [(c, *(round(t, 6) for t in ds.eval_span(0, c))) for c in range(self.req.clips)]
+        return {str(row.path): ({k: v[0] for k, v in feats.items()}, spans)}
 
     def _audios(self, rows: list[Row], skipped: list) -> dict:
         from ..data.audio import MelCache
@@ -207,7 +201,7 @@ def _excluded(row: Row, records: dict, skipped: list) -> bool:
 def signature(req: Request, enc, cfg: Config, data_fp: dict, mel: dict) -> dict:
     """Everything the bytes depend on: a rerun continues an OUT only with the same signature."""
     e = cfg.eval
-    return {"request": vars(req) | {}, "encoder": enc.name, "encoder_step": enc.source.get("step"),
+    return {"request": dict(vars(req)), "encoder": enc.name, "encoder_step": enc.source.get("step"),
             "arch": enc.arch, "clip": {"frames": e.frames, "fps": e.fps, "size": e.size, "audio_seconds": e.audio_seconds},
             "mel": mel, "data": data_fp["digest"], "seed": cfg.seed}
 
@@ -252,15 +246,19 @@ def run(cfg: Config, enc, data: list[str], out: Path, req: Request, device: torc
 def _save_shard(path: Path, s: dict) -> None:
     buf = io.BytesIO()
     arrays = {k: s[k] for k in ("video", "audio") if k in s}
-    np.savez(buf, meta=np.frombuffer(json.dumps({"index": s["index"], "skipped": s["skipped"]}).encode(), np.uint8),
-             **arrays)
+    meta = {"index": s["index"], "skipped": s["skipped"], "dims": {k: a.shape[1] for k, a in arrays.items() if a.size}}
+    np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
     write_atomic(path, buf.getvalue())
 
 
-def _load_shard(path: Path) -> tuple[dict, dict]:
+def _shard_meta(path: Path) -> dict:
+    with np.load(path) as z:  # an npz loads its members one by one: the arrays stay on disk
+        return json.loads(z["meta"].tobytes().decode())
+
+
+def _shard_arrays(path: Path) -> dict:
     with np.load(path) as z:
-        meta = json.loads(z["meta"].tobytes().decode())
-        return meta, {k: z[k] for k in ("video", "audio") if k in z}
+        return {k: z[k] for k in ("video", "audio") if k in z}
 
 
 def _finished(out: Path, sig: dict) -> dict | None:
@@ -277,12 +275,9 @@ def _finished(out: Path, sig: dict) -> dict | None:
 def _assemble(out: Path, shards: Path, n: int, sig: dict, enc, cfg: Config, req: Request, data_fp: dict,
               root: Path, mel: dict, device) -> dict:
     """Shards -> video.npy / audio.npy (memory-mapped, written shard by shard), index.csv, embed.json."""
-    metas, total, dims = [], 0, {}
-    for k in range(n):
-        meta, arrays = _load_shard(shards / f"shard_{k:05d}.npz")
-        metas.append(meta)
-        total += len(meta["index"])
-        dims.update({key: a.shape[1] for key, a in arrays.items() if a.size})
+    metas = [_shard_meta(shards / f"shard_{k:05d}.npz") for k in range(n)]
+    total = sum(len(m["index"]) for m in metas)
+    dims = {t: d for m in metas for t, d in m["dims"].items()}
     towers = ("video", "audio") if req.tower == "both" else (req.tower,)
     if not total:
         raise InputError(f"cmacc embed: none of the {sum(len(m['skipped']) for m in metas)} files could be used "
@@ -290,23 +285,24 @@ def _assemble(out: Path, shards: Path, n: int, sig: dict, enc, cfg: Config, req:
     outs = {t: np.lib.format.open_memmap(out / f".{t}.npy.tmp", mode="w+", dtype=np.float32, shape=(total, dims[t]))
             for t in towers}
     at = 0
-    for k in range(n):
-        meta, arrays = _load_shard(shards / f"shard_{k:05d}.npz")
+    for k, meta in enumerate(metas):
         m = len(meta["index"])
-        for t in towers:
-            if m:
+        if m:
+            arrays = _shard_arrays(shards / f"shard_{k:05d}.npz")
+            for t in towers:
                 outs[t][at:at + m] = arrays[t]
         at += m
-    for t, a in outs.items():
+    for a in outs.values():
         a.flush()
-        del a
+    outs.clear()
+    for t in towers:
         (out / f".{t}.npy.tmp").replace(out / f"{t}.npy")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["path", "clip", "start_s", "end_s", "label"])
     for meta in metas:
         for e in meta["index"]:
-            w.writerow([fingerprint._rel(Path(e["path"]), root), e["clip"], e["start_s"], e["end_s"], e["label"]])
+            w.writerow([fingerprint.relative(Path(e["path"]), root), e["clip"], e["start_s"], e["end_s"], e["label"]])
     write_atomic(out / "index.csv", buf.getvalue())
     skipped = [s for m in metas for s in m["skipped"]]
     record = {"rows": total, "files": len({e["path"] for m in metas for e in m["index"]}), "towers": list(towers),
