@@ -59,6 +59,10 @@ class DataConfig:
     omniglot: str = ""  # an Omniglot images_background*.zip
     chars: int = 3  # used cells k of the 3 x 3 canvas: I(x; y) = sum of log l_i over them
     train_drawers: int = 15  # of 20 drawers per character, those of pretraining and probe training
+    # SMoCo's positive (a second view of x, and of y): drawer = the same labels drawn by another
+    # pretraining drawer; shift = the same drawing, each cell shifted by up to +-2 px, fresh per read
+    # (MoCo's instance discrimination with a crop-like augmentation; no drawer-invariance signal)
+    positive: str = "drawer"
 
 
 @dataclass

@@ -66,7 +66,7 @@ def _omniglot_data(cfg: Config, views: int) -> Data:
     alphabets, how = make_alphabets(glyphs, PAPER_SIZES, cfg.seed)
     common = dict(glyphs=glyphs, alphabets=alphabets, k=d.chars, seed=cfg.seed, train_drawers=d.train_drawers)
     mi = mutual_information(PAPER_SIZES, d.chars)
-    return Data(SpatialMultiOmniglot(size=d.train_size, split="train", views=views, **common),
+    return Data(SpatialMultiOmniglot(size=d.train_size, split="train", views=views, positive=d.positive, **common),
                 SpatialMultiOmniglot(size=d.probe_train_size, split="probe_train", **common),
                 SpatialMultiOmniglot(size=d.probe_test_size, split="probe_test", **common),
                 {"source": "omniglot", "zip": d.omniglot, "train_clips": d.train_size, "chars": d.chars,

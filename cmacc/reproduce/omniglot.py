@@ -39,6 +39,8 @@ CELL, GRID = 32, 3
 # probe_test: held-out drawers; probe_test_seen: new pairs by the pretraining drawers (the protocol
 # without a drawer split: the same glyph images as in training, in new combinations)
 SPLITS = {"train": 0, "probe_train": 1, "probe_test": 2, "probe_test_seen": 3}
+POSITIVES = ("drawer", "shift")  # SMoCo's second view (data.positive; see SpatialMultiOmniglot)
+SHIFT = 2  # px, positive="shift": the glyphs' blank margin, so a shift crops little ink
 
 
 class OmniglotError(InputError, ValueError):
@@ -120,19 +122,25 @@ def mutual_information(sizes: tuple[int, ...], k: int) -> float:
 class SpatialMultiOmniglot(torch.utils.data.Dataset):
     """Pairs (x, y) as a two-modality dataset: ``video`` = x and ``audio`` = y, each 1 x 1 x 96 x 96
     (channels x frames x height x width: a one-frame clip). ``views=2`` adds ``video_k`` /
-    ``audio_k``: another drawing of the same labels (SMoCo's positive). ``labels`` is the tuple z
-    of the used cells in mixed radix (one id per latent class); ``cell_labels`` is z itself."""
+    ``audio_k``, SMoCo's positive: with ``positive="drawer"`` another drawing of the same labels
+    (by another pretraining drawer), with ``positive="shift"`` the same drawings with each cell
+    shifted by up to +-SHIFT px, drawn afresh at every read from torch's generator (the run's seed).
+    ``labels`` is the tuple z of the used cells in mixed radix (one id per latent class);
+    ``cell_labels`` is z itself."""
 
     def __init__(self, glyphs: Glyphs, alphabets: list[np.ndarray], k: int, size: int, *, split: str = "train",
-                 seed: int = 0, train_drawers: int = 15, views: int = 1) -> None:
+                 seed: int = 0, train_drawers: int = 15, views: int = 1, positive: str = "drawer") -> None:
         if not 1 <= k <= min(len(alphabets), GRID * GRID):
             raise ValueError(f"k must be 1..{min(len(alphabets), GRID * GRID)}, got {k}")
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        if positive not in POSITIVES:
+            raise ValueError(f"positive must be one of {POSITIVES}, got {positive!r}")
         D = glyphs.images.shape[1]
         if not 3 <= train_drawers <= D - 3:
             raise ValueError(f"train_drawers must leave >= 3 of the {D} drawers on each side, got {train_drawers}")
         self.glyphs, self.alphabets, self.k, self.size, self.views = glyphs, alphabets, k, size, views
+        self.positive = positive
         self.sizes = np.array([len(a) for a in alphabets[:k]])
         self.drawers = np.arange(train_drawers) if split != "probe_test" else np.arange(train_drawers, D)
         rng = np.random.default_rng([seed, 8191, SPLITS[split]])
@@ -144,11 +152,14 @@ class SpatialMultiOmniglot(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.size
 
-    def _canvas(self, chars: np.ndarray, drawers: np.ndarray) -> torch.Tensor:
+    def _canvas(self, chars: np.ndarray, drawers: np.ndarray, shifts: np.ndarray | None = None) -> torch.Tensor:
+        """The used cells' glyphs on a blank canvas; ``shifts`` (k x 2 ints, rows/columns) moves
+        each cell's glyph within its cell, ink pushed past the cell's edge dropped."""
         canvas = np.zeros((GRID * CELL, GRID * CELL), np.float32)
         for i, (c, d) in enumerate(zip(chars, drawers)):
             r, col = divmod(i, GRID)
-            canvas[r * CELL:(r + 1) * CELL, col * CELL:(col + 1) * CELL] = self.glyphs.images[c, d]
+            glyph = self.glyphs.images[c, d] if shifts is None else shift_glyph(self.glyphs.images[c, d], *shifts[i])
+            canvas[r * CELL:(r + 1) * CELL, col * CELL:(col + 1) * CELL] = glyph
         return torch.from_numpy(canvas)[None, None]  # 1 x 1 x H x W
 
     def pair_characters(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -174,9 +185,22 @@ class SpatialMultiOmniglot(torch.utils.data.Dataset):
         xc, yc = self.pair_characters(index)
         out = {"index": torch.tensor(index), "label": self.labels[index]}
         for view, suffix in ((0, ""), (1, "_k"))[:self.views]:
-            dx, dy = self.drawer_choice(index, view)
+            shift = view == 1 and self.positive == "shift"
+            dx, dy = self.drawer_choice(index, 0 if shift else view)
             if modality in (None, "video"):
-                out["video" + suffix] = self._canvas(xc, dx)
+                out["video" + suffix] = self._canvas(xc, dx, self._shifts() if shift else None)
             if modality in (None, "audio"):
-                out["audio" + suffix] = self._canvas(yc, dy)
+                out["audio" + suffix] = self._canvas(yc, dy, self._shifts() if shift else None)
         return out
+
+    def _shifts(self) -> np.ndarray:
+        return torch.randint(-SHIFT, SHIFT + 1, (self.k, 2)).numpy()
+
+
+def shift_glyph(glyph: np.ndarray, dr: int, dc: int) -> np.ndarray:
+    """``glyph`` moved by dr rows and dc columns on a blank cell of its size."""
+    out = np.zeros_like(glyph)
+    h, w = glyph.shape
+    out[max(dr, 0):h + min(dr, 0), max(dc, 0):w + min(dc, 0)] = glyph[max(-dr, 0):h - max(dr, 0),
+                                                                      max(-dc, 0):w - max(dc, 0)]
+    return out

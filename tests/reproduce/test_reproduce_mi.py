@@ -52,6 +52,39 @@ def test_y_shows_the_successor_of_x_in_every_used_cell(glyphs):
     assert mutual_information(PAPER_SIZES, 4) == pytest.approx(math.log(55 * 52 * 48 * 47))
 
 
+def test_shift_positive_is_the_same_drawing_moved_afresh_at_every_read(glyphs):
+    """data.positive=shift: SMoCo's second view shows x's (and y's) own drawings, each cell moved by
+    at most SHIFT px, a new offset per read; the first view is unchanged from positive=drawer."""
+    import torch
+
+    from cmacc.reproduce.omniglot import SHIFT, shift_glyph
+    alphabets, _ = make_alphabets(glyphs, PAPER_SIZES, 0)
+    ds = SpatialMultiOmniglot(glyphs, alphabets, 3, 20, train_drawers=3, views=2, positive="shift")
+    base = SpatialMultiOmniglot(glyphs, alphabets, 3, 20, train_drawers=3, views=2)
+    torch.manual_seed(0)
+    offsets = set()
+    for n in range(20):
+        item, ref = ds[n], base[n]
+        np.testing.assert_array_equal(item["video"].numpy(), ref["video"].numpy())
+        np.testing.assert_array_equal(item["audio"].numpy(), ref["audio"].numpy())
+        (x, y), (dx, dy) = ds.pair_characters(n), ds.drawer_choice(n, 0)
+        for key, chars, drawers in (("video_k", x, dx), ("audio_k", y, dy)):
+            for i in range(3):
+                r, c = divmod(i, 3)
+                got = item[key][0, 0, r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL].numpy()
+                g = glyphs.images[chars[i], drawers[i]]
+                match = [(a, b) for a in range(-SHIFT, SHIFT + 1) for b in range(-SHIFT, SHIFT + 1)
+                         if np.array_equal(got, shift_glyph(g, a, b))]
+                assert match, f"pair {n} {key} cell {i} is not its own drawing shifted by <= {SHIFT} px"
+                offsets.add(match[0])
+        assert item["video_k"].abs().sum() > 0
+    assert len(offsets) > 5  # offsets are drawn, not fixed
+    again = [ds[0]["video_k"] for _ in range(4)]
+    assert any(not torch.equal(again[0], a) for a in again[1:])  # afresh at every read
+    with pytest.raises(ValueError, match="positive"):
+        SpatialMultiOmniglot(glyphs, alphabets, 3, 20, train_drawers=3, views=2, positive="crop")
+
+
 def test_drawers_are_disjoint_between_pretraining_and_the_probe_test_set(glyphs):
     alphabets, _ = make_alphabets(glyphs, PAPER_SIZES, 0)
     used = {}
