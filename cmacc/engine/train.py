@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -47,13 +46,13 @@ from ..config import RECOVERY, Config, ConfigError, changed_keys, dump_yaml
 from ..data import fingerprint
 from ..data.build import build_data
 from ..methods.protocol import Context
-from ..models import build_encoder
 from ..sampling import NonFiniteInput, resolve_backend
 from ..system import checkpoint, cores, dist, provenance
 from ..system.allocator import keep_freed_memory
 from ..system.dist import Comm
 from ..system.seeds import STEP, generator
 from . import run_folder
+from .assembly import build_encoders, build_model, lr_schedule
 from .bn import bn_layout, bn_statistics, sync_batchnorm
 from .diagnostics import count_categories, false_negative_rate, ids_digest, replicated_state
 from .feed import Feed, StepBatches, encode_clips
@@ -75,40 +74,6 @@ class Diverged(RuntimeError):
 
 
 NonFiniteLoss = Diverged  # the name before parameters were checked too
-
-
-def lr_schedule(cfg: Config) -> np.ndarray:
-    """Per-step learning rates: linear warm-up, then constant or cosine to zero (precomputed).
-
-    The rate is the configured one whatever the number of ranks: M is the global batch, so
-    adding GPUs changes nothing to rescale."""
-    s = np.arange(cfg.steps, dtype=np.float64)
-    lr = np.full(cfg.steps, cfg.lr)
-    if cfg.lr_schedule == "cosine":
-        span = max(1, cfg.steps - cfg.warmup_steps)
-        lr = cfg.lr * 0.5 * (1 + np.cos(np.pi * np.clip(s - cfg.warmup_steps, 0, None) / span))
-    if cfg.warmup_steps:
-        lr = np.where(s < cfg.warmup_steps, cfg.lr * (s + 1) / cfg.warmup_steps, lr)
-    return lr
-
-
-def build_encoders(cfg: Config, seed: int | None = None, bn_splits: int | None = None):
-    """(f_v, f_a) initialised from ``seed`` (default cfg.seed): the same weights every time.
-
-    bn_splits: split-BN groups per process (default: bn_layout for one process)."""
-    torch.manual_seed(cfg.seed if seed is None else seed)
-    kw = dict(d=cfg.model.d, with_fc=cfg.fc != "none", head=cfg.model.head,
-              bn_splits=bn_splits if bn_splits is not None else (cfg.model.bn_splits or 1))
-    f_v = build_encoder("video", cfg.model.video, **kw)
-    f_a = build_encoder("audio", cfg.model.audio, mel_bands=cfg.data.mel_bands, **kw)
-    return f_v, f_a
-
-
-def build_model(cfg: Config, backend: str, comm: Comm | None = None, bn_splits: int | None = None,
-                n_train: int | None = None):
-    """The method's model, built by its family (n_train: training clips, default data.train_size)."""
-    return methods.family(cfg.method).build(cfg, build_encoders(cfg, bn_splits=bn_splits), comm or Comm(),
-                                            n_train if n_train is not None else cfg.data.train_size, backend)
 
 
 @dataclass

@@ -114,7 +114,7 @@ def supervised(cfg, run_dir: Path) -> dict:
     from ..data import ClipRequest
     from ..data.build import build_data
     from ..models import build_encoder
-    from ..engine.train import build_encoders
+    from ..engine.assembly import build_encoders
     torch.manual_seed(cfg.seed)
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)

@@ -318,7 +318,7 @@ def test_bank_init(tmp_path, how):
     (train-mode BN over mini-batches of M, as the run encodes them); random: unit Gaussian rows."""
     from cmacc.data import ClipRequest
     from cmacc.data.build import build_data
-    from cmacc.engine.train import build_encoders
+    from cmacc.engine.assembly import build_encoders
     cfg = tiny("method=avid_cross", f"avid.bank_init={how}", "steps=1", "run.keep_checkpoints=3")
     pretrain(cfg, tmp_path / "r")
     bank = torch.load(tmp_path / "r" / "checkpoints" / "step_00000000.pt", weights_only=False)["model"]

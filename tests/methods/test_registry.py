@@ -11,7 +11,8 @@ from cmacc import methods
 from cmacc.cli import main
 from cmacc.config import load_config
 from cmacc.engine.bn import convert_sync_batchnorm
-from cmacc.engine.train import build_model, pretrain
+from cmacc.engine.assembly import build_model
+from cmacc.engine.train import pretrain
 from cmacc.methods import METHODS
 from cmacc.reproduce import METHODS as EXPERIMENTS
 from conftest import ROOT
