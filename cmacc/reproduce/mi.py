@@ -302,21 +302,27 @@ def plot(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def converged_at(steps: list[int], acc: list[float], tol: float = 0.01) -> int | None:
+def converged_at(steps: list[int], acc: list[float], tol: float = 0.01, flat: float = 0.25) -> int | None:
     """The first kept step from which the curve never rises more than ``tol`` (absolute accuracy)
-    above its value there: where the probe has stopped improving. None when the last point is
-    still more than ``tol`` above every earlier one (still rising: train longer)."""
+    above its value there, seen flat for at least ``flat`` of the curve's span: where the probe has
+    stopped improving. None when no such step leaves that much of the run after it (still rising,
+    or flat for too short a stretch to tell: train longer)."""
+    if len(acc) == 1:
+        return steps[0]
+    span = steps[-1] - steps[0]
     for i, a in enumerate(acc):
+        if steps[-1] - steps[i] < flat * span:
+            return None
         if max(acc[i:]) <= a + tol:
-            return steps[i] if i < len(acc) - 1 or len(acc) == 1 else None
+            return steps[i]
     return None
 
 
 def curves_table(res: dict) -> str:
     """Per method and k: the seed-mean curve at every kept step, and where each seed converged."""
     lines = ["learning curves: probe accuracy (held-out drawers) against steps, mean over seeds; converged "
-             "at, per seed: the first kept step after which its curve never rises more than 1 point (None: "
-             "still rising at the last step)"]
+             "at, per seed: the first kept step after which its curve never rises more than 1 point, over at "
+             "least the last quarter of the run (None: still rising, or not flat for that long)"]
     for m, by_k in res["curve"].items():
         for k, curves in by_k.items():
             steps = curves[0]["steps"]

@@ -186,3 +186,9 @@ def test_converged_at():
     assert mi.converged_at([0, 2, 4, 6], [0.1, 0.5, 0.6, 0.7]) is None  # still rising
     assert mi.converged_at([0, 2, 4], [0.5, 0.3, 0.505]) == 0  # never rose above the start
     assert mi.converged_at([5], [0.4]) == 5
+    # flat only over the last eighth of the run: too short a stretch to call it converged
+    steps = list(range(0, 3250, 250))
+    rising = [0.30 + 0.02 * i for i in range(11)] + [0.505, 0.507]  # flat from 2500 on
+    assert mi.converged_at(steps, rising) is None
+    assert mi.converged_at(steps, [0.3] * 3 + [0.5] * 10) == 750
+    assert mi.converged_at(steps, [0.3] * 3 + [0.5] * 10, flat=0.8) is None
