@@ -139,23 +139,33 @@ def run(zip_path: str, out: Path, s: Settings, quick: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     jobs = [(name, "run", seed) for name in runs_of(s) for seed in s.seeds]
-    got = common.run_grid(jobs, lambda name, _, seed: _one(s, name, seed, out, zip_path), "ablation runs")
+    def one(name: str, seed: int) -> dict | None:
+        got = _one(s, name, seed, out, zip_path)
+        return None if got is None else {**got, "seed": seed}  # None: not kept (--kept-only)
+
+    got = common.run_grid(jobs, lambda name, _, seed: one(name, seed), "ablation runs")
     scores = ("video", "audio") if s.on == "builtin" else ("accuracy",)
     flat = {key: {m: v["run"] for m, v in by_m.items()} for key, by_m in got.items()}
     done = [n for n in runs_of(s) if n in flat.get(scores[0], {})]
     if not done:
         raise ConfigError(f"no kept runs in {out / 'runs'} (--kept-only)")
     results = {n: {sc: flat[sc][n] for sc in scores} for n in done}
+    seeds = {n: flat["seed"][n] for n in done}
     deltas = {}
     for arm in s.arms:
         twin = twin_of(arm)
         if arm == "xmoco" or arm not in results or twin not in results:
             continue
-        deltas[arm] = {"vs": twin, **{sc: list(paired(results[arm][sc], results[twin][sc])) for sc in scores}}
+        both = [x for x in seeds[arm] if x in seeds[twin]]  # paired by seed, whatever --kept-only found
+        if not both:
+            continue
+        pick = lambda n, sc: [results[n][sc][seeds[n].index(x)] for x in both]  # noqa: E731
+        deltas[arm] = {"vs": twin, "seeds": both,
+                       **{sc: list(paired(pick(arm, sc), pick(twin, sc))) for sc in scores}}
     sizes, _ = _base(s)
     res = {"experiment": "ablation", "on": s.on, "quick": quick, "settings": asdict(s), "sizes": sizes,
            "arms": {a: {"method": arm_keys(s, a)[0], "keys": arm_keys(s, a)[1], "vs": twin_of(a)} for a in s.arms},
-           "results": results, "delta_vs_xmoco": deltas,
+           "results": results, "seeds_kept": seeds, "delta_vs_xmoco": deltas,
            **{key: flat.get(key, {}) for key in ("false_negatives", "distinct", "final_loss", "minutes")},
            "total_minutes": (time.perf_counter() - t0) / 60}
     res["chance"] = float(np.mean(flat["chance"][done[0]])) if s.on == "builtin" else \

@@ -161,6 +161,15 @@ def test_ablation_runs_each_arm_with_its_keys_and_pairs_it_with_its_twin(tmp_pat
             diffs = [a - b for a, b in zip(res["results"][arm][mod], res["results"][twin][mod])]
             assert d[mod] == pytest.approx([np.mean(diffs), np.std(diffs, ddof=1)])
     assert (out / "ablation.png").stat().st_size > 1000
+    # a gather that finds xmoco's seed 1 only pairs each arm's seed 1 with it, not its seed 0
+    (out / "runs" / "xmoco-seed0" / "result.json").unlink()
+    assert main(["reproduce", "ablation", "--quick", "--out", str(out), "--set", "run.threads=1", "--kept-only"]) == 0
+    gathered = json.loads((out / "results.json").read_text())
+    assert gathered["seeds_kept"]["xmoco"] == [1] and gathered["seeds_kept"]["cmacc"] == [0, 1]
+    d = gathered["delta_vs_xmoco"]["cmacc"]
+    assert d["seeds"] == [1] and d["video"] == pytest.approx(
+        [res["results"]["cmacc"]["video"][1] - res["results"]["xmoco"]["video"][1], 0.0])
+    assert gathered["delta_vs_xmoco"]["bn4"] == res["delta_vs_xmoco"]["bn4"] | {"seeds": [0, 1]}
 
 
 def test_ablation_arms_resolve_per_setting():
