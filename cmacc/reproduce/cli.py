@@ -37,6 +37,8 @@ def reproduce(args: argparse.Namespace) -> int:
         s = replace(s, arms=tuple(args.arms.split(",")))
     if getattr(args, "on", None):
         s = replace(s, on=args.on)
+    if args.experiment == "ablation" and not args.arms and s.on == "mi":  # the default arms that apply
+        s = replace(s, arms=tuple(a for a in s.arms if a not in ablation.MI_ONLY_NOT))
     for key in ("steps", "train_size", "samples", "probe_every"):
         if getattr(args, key, None) is not None and key in names:
             s = replace(s, **{key: getattr(args, key)})

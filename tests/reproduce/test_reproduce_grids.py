@@ -187,3 +187,14 @@ def test_ablation_arms_resolve_per_setting():
         ablation.arm_keys(on_mi, "nope")
     with pytest.raises(ConfigError, match="--on mi needs --omniglot"):
         ablation.check(on_mi)
+
+
+def test_ablation_on_mi_defaults_to_the_arms_that_apply(tmp_path, capsys):
+    """Without --arms, --on mi runs every arm but the built-in-only ones (no classes_x4 error);
+    asked for by name, classes_x4 is refused."""
+    zp = omniglot_zip(tmp_path / "images_background_a.zip", alphabets=(("Alpha", 60),), drawers=20)
+    args = ["reproduce", "ablation", "--on", "mi", "--omniglot", str(zp), "--out", str(tmp_path / "o"), "--kept-only"]
+    assert main(args) == 2
+    assert "no kept runs" in capsys.readouterr().err  # every applicable arm checked, none kept
+    assert main(args + ["--arms", "cmacc,classes_x4"]) == 2
+    assert "classes_x4 needs the built-in data" in capsys.readouterr().err
