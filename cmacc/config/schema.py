@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ..choices import BACKENDS, EMBEDDINGS
+from ..choices import BACKENDS, EMBEDDINGS, POSITIVES
 from ..errors import InputError
 from ..methods.registry import AGREEMENTS, CROSS_POSITIVES, FC_LAYERS, METHODS, Z_SOURCES, Method
 
@@ -259,6 +259,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.on_missing_audio": ("skip", "silence", "error"),
     "data.on_corrupt": ("skip", "error"),
     "data.on_blank": ("skip", "keep", "error"),
+    "data.positive": POSITIVES,
     "model.video": VIDEO_PRESETS,
     "model.audio": AUDIO_PRESETS,
     "model.fc": ("method",) + FC_LAYERS,

@@ -104,7 +104,6 @@ def _validate_data(cfg: Config) -> None:
         need(bool(d.omniglot) and Path(d.omniglot).is_file(), "data.omniglot",
              f"data.name=omniglot needs an Omniglot images_background*.zip, got {d.omniglot!r}")
         need(1 <= d.chars <= 9, "data.chars", f"must be 1..9 (cells of the 3 x 3 canvas), got {d.chars}")
-        need(d.positive in ("drawer", "shift"), "data.positive", f"must be drawer or shift, got {d.positive!r}")
         need(cfg.model.video in IMAGE_PRESETS and cfg.model.audio in IMAGE_PRESETS, "model.video",
              f"Spatial-MultiOmniglot pairs images: set model.video and model.audio to one of {IMAGE_PRESETS}, "
              f"got {cfg.model.video!r} / {cfg.model.audio!r}")

@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.request import ClipRequest
+from ..choices import POSITIVES  # SMoCo's second view (data.positive; see SpatialMultiOmniglot)
+from ..data.request import TAGS, ClipRequest
 from ..errors import InputError
 
 PAPER_SIZES = (55, 52, 48, 47, 46, 43, 42, 41, 41)  # Tifinagh, Hiragana, Gujarati, Katakana, ...
@@ -39,7 +40,6 @@ CELL, GRID = 32, 3
 # probe_test: held-out drawers; probe_test_seen: new pairs by the pretraining drawers (the protocol
 # without a drawer split: the same glyph images as in training, in new combinations)
 SPLITS = {"train": 0, "probe_train": 1, "probe_test": 2, "probe_test_seen": 3}
-POSITIVES = ("drawer", "shift")  # SMoCo's second view (data.positive; see SpatialMultiOmniglot)
 SHIFT = 2  # px, positive="shift": the glyphs' blank margin, so a shift crops little ink
 
 
@@ -124,7 +124,9 @@ class SpatialMultiOmniglot(torch.utils.data.Dataset):
     (channels x frames x height x width: a one-frame clip). ``views=2`` adds ``video_k`` /
     ``audio_k``, SMoCo's positive: with ``positive="drawer"`` another drawing of the same labels
     (by another pretraining drawer), with ``positive="shift"`` the same drawings with each cell
-    shifted by up to +-SHIFT px, drawn afresh at every read from torch's generator (the run's seed).
+    shifted by up to +-SHIFT px, drawn afresh at every read: for a ``ClipRequest`` from its own stream
+    (seed, epoch, index, tag), as every augmentation here is, so a resumed run reads what the
+    uninterrupted one did; for a plain integer index from torch's global generator.
     ``labels`` is the tuple z of the used cells in mixed radix (one id per latent class);
     ``cell_labels`` is z itself."""
 
@@ -187,14 +189,22 @@ class SpatialMultiOmniglot(torch.utils.data.Dataset):
         for view, suffix in ((0, ""), (1, "_k"))[:self.views]:
             shift = view == 1 and self.positive == "shift"
             dx, dy = self.drawer_choice(index, 0 if shift else view)
+            sx, sy = self.shifts(req) if shift else (None, None)
             if modality in (None, "video"):
-                out["video" + suffix] = self._canvas(xc, dx, self._shifts() if shift else None)
+                out["video" + suffix] = self._canvas(xc, dx, sx)
             if modality in (None, "audio"):
-                out["audio" + suffix] = self._canvas(yc, dy, self._shifts() if shift else None)
+                out["audio" + suffix] = self._canvas(yc, dy, sy)
         return out
 
-    def _shifts(self) -> np.ndarray:
-        return torch.randint(-SHIFT, SHIFT + 1, (self.k, 2)).numpy()
+    def shifts(self, req) -> tuple[np.ndarray, np.ndarray]:
+        """positive="shift": x's and y's per-cell offsets (k x 2 ints each, rows/columns). Both are
+        drawn whichever modality is asked for, so a video-only read moves x as a full read does."""
+        if isinstance(req, ClipRequest):
+            rng = np.random.default_rng([self.seed, 47, req.epoch, req.index, TAGS[req.tag]])
+            both = rng.integers(-SHIFT, SHIFT + 1, (2, self.k, 2))
+        else:
+            both = torch.randint(-SHIFT, SHIFT + 1, (2, self.k, 2)).numpy()
+        return both[0], both[1]
 
 
 def shift_glyph(glyph: np.ndarray, dr: int, dc: int) -> np.ndarray:

@@ -81,6 +81,18 @@ def test_shift_positive_is_the_same_drawing_moved_afresh_at_every_read(glyphs):
     assert len(offsets) > 5  # offsets are drawn, not fixed
     again = [ds[0]["video_k"] for _ in range(4)]
     assert any(not torch.equal(again[0], a) for a in again[1:])  # afresh at every read
+    # a training read (ClipRequest) takes its offsets from the request's own stream: the same
+    # request reads the same bytes whatever torch's generator holds, a video-only read moves x as a
+    # full read does, and the next epoch's read of the pair is moved afresh
+    from cmacc.data import ClipRequest
+    full = ds[ClipRequest(3, epoch=1)]
+    torch.manual_seed(99)
+    video_only = ds[ClipRequest(3, epoch=1, modality="video")]
+    assert set(video_only) == {"index", "label", "video", "video_k"}
+    assert torch.equal(video_only["video_k"], full["video_k"]) and torch.equal(ds[ClipRequest(3, epoch=1)]["audio_k"],
+                                                                                full["audio_k"])
+    epochs = [ds[ClipRequest(3, epoch=e)]["video_k"] for e in range(2, 8)]
+    assert any(not torch.equal(full["video_k"], v) for v in epochs)
     with pytest.raises(ValueError, match="positive"):
         SpatialMultiOmniglot(glyphs, alphabets, 3, 20, train_drawers=3, views=2, positive="crop")
 
@@ -146,15 +158,19 @@ def test_supervised_reference_learns_the_cells(tmp_path):
     assert r["accuracy"] > 5 / 55 and r["false_negatives"] is None
 
 
-def test_learning_curve_and_a_killed_job_resumes_where_it_stopped(tmp_path, monkeypatch):
+@pytest.mark.parametrize("method,overrides", [("xmoco", []), ("smoco", ["data.positive=shift"])])
+def test_learning_curve_and_a_killed_job_resumes_where_it_stopped(tmp_path, monkeypatch, method, overrides):
     """--probe-every keeps a checkpoint every N steps and probes each; a job killed mid-run (its
-    job.json and checkpoints left) resumes from its last checkpoint, and its curve and final probe
-    equal an uninterrupted run's."""
+    job.json and checkpoints left) resumes from its last checkpoint, and its curve, final probe and
+    loss equal an uninterrupted run's -- also for SMoCo's shift positive, whose offsets are drawn
+    afresh at every read (from the request's stream, not from a generator a checkpoint would miss)."""
+    import torch
+
     from cmacc.engine import train
     zp = omniglot_zip(tmp_path / "images_background_c.zip", alphabets=(("Alpha", 60),), drawers=20)
-    s = mi.Settings(**{**mi.QUICK, "steps": 6, "probe_every": 2, "chars": (1,), "methods": ("xmoco",),
-                       "seeds": (0,)})
-    whole = mi.run_one(s, str(zp), "xmoco", 1, 0, tmp_path / "whole")
+    s = mi.Settings(**{**mi.QUICK, "steps": 6, "probe_every": 2, "chars": (1,), "methods": (method,),
+                       "seeds": (0,), "overrides": overrides})
+    whole = mi.run_one(s, str(zp), method, 1, 0, tmp_path / "whole")
     assert whole["curve"]["steps"] == [0, 2, 4, 6] and whole["resumed"] is False
     assert whole["curve"]["accuracy"][-1] == whole["accuracy"]
 
@@ -167,18 +183,19 @@ def test_learning_curve_and_a_killed_job_resumes_where_it_stopped(tmp_path, monk
         return real(cfg, out, on_step=on_step, **kw)
     monkeypatch.setattr(train, "pretrain", killed)
     with pytest.raises(KeyboardInterrupt):
-        mi.run_one(s, str(zp), "xmoco", 1, 0, tmp_path / "cut")
-    run_dir = tmp_path / "cut" / "runs" / "xmoco-k1-seed0"
+        mi.run_one(s, str(zp), method, 1, 0, tmp_path / "cut")
+    run_dir = tmp_path / "cut" / "runs" / f"{method}-k1-seed0"
     assert (run_dir / "job.json").exists() and not (run_dir / "result.json").exists()
     monkeypatch.setattr(train, "pretrain", real)
-    resumed = mi.run_one(s, str(zp), "xmoco", 1, 0, tmp_path / "cut")
+    torch.manual_seed(12345)  # a new process's global generator: the resumed run must not read it
+    resumed = mi.run_one(s, str(zp), method, 1, 0, tmp_path / "cut")
     assert resumed["resumed"] is True
     assert resumed["curve"] == whole["curve"] and resumed["accuracy"] == whole["accuracy"]
     assert resumed["final_loss"] == whole["final_loss"]
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 6
     # kept: a third call trains nothing
     monkeypatch.setattr(train, "pretrain", lambda *a, **k: pytest.fail("trained again"))
-    assert mi.run_one(s, str(zp), "xmoco", 1, 0, tmp_path / "cut") == resumed
+    assert mi.run_one(s, str(zp), method, 1, 0, tmp_path / "cut") == resumed
 
 
 def test_converged_at():
