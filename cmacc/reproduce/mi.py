@@ -28,6 +28,7 @@ from .omniglot import PAPER_SIZES, mutual_information
 
 METHODS = EXPERIMENT_METHODS["mi"]
 REFERENCES = ("supervised",)  # not a --set method: the ceiling of the probe (see supervised())
+PROBES = {"held-out": "accuracy", "seen": "accuracy_seen_drawers"}  # a curve point's keys, by probe
 
 
 @dataclass
@@ -250,6 +251,9 @@ def run(zip_path: str, out: Path, s: Settings, quick: bool) -> dict:
            "total_minutes": (time.perf_counter() - t0) / 60}
     if s.probe_every:
         res["curve"] = got.get("curve", {})
+        res["converged_at"] = {m: {k: {probe: [converged_at(c["steps"], c[key]) for c in curves]
+                                       for probe, key in PROBES.items()} for k, curves in by_k.items()}
+                               for m, by_k in res["curve"].items()}
     common.write(out, res, plot, "mi.png", table(res))
     if s.probe_every:
         plot_curves(res, out / "mi_curves.png")
@@ -319,40 +323,44 @@ def converged_at(steps: list[int], acc: list[float], tol: float = 0.01, flat: fl
 
 
 def curves_table(res: dict) -> str:
-    """Per method and k: the seed-mean curve at every kept step, and where each seed converged."""
-    lines = ["learning curves: probe accuracy (held-out drawers) against steps, mean over seeds; converged "
-             "at, per seed: the first kept step after which its curve never rises more than 1 point, over at "
-             "least the last quarter of the run (None: still rising, or not flat for that long)"]
+    """Per method, k and probe: the seed-mean curve at every kept step, and where each seed converged."""
+    lines = ["learning curves: probe accuracy against steps, mean over seeds, on held-out drawers and on new "
+             "pairs by the pretraining drawers (seen); converged at, per seed: the first kept step after which "
+             "its curve never rises more than 1 point, over at least the last quarter of the run (None: still "
+             "rising, or not flat for that long)"]
     for m, by_k in res["curve"].items():
         for k, curves in by_k.items():
             steps = curves[0]["steps"]
-            mean = np.mean([c["accuracy"] for c in curves if c["steps"] == steps], axis=0)
-            conv = [converged_at(c["steps"], c["accuracy"]) for c in curves]
-            lines.append(f"{m:<15} k={k}  " + " ".join(f"{t}:{100 * a:.1f}" for t, a in zip(steps, mean))
-                         + f"  converged at {conv}")
+            for probe, key in PROBES.items():
+                mean = np.mean([c[key] for c in curves if c["steps"] == steps], axis=0)
+                conv = [converged_at(c["steps"], c[key]) for c in curves]
+                lines.append(f"{m:<15} k={k:<2} {probe:<9} " + " ".join(f"{t}:{100 * a:.1f}" for t, a in zip(steps, mean))
+                             + f"  converged at {conv}")
     return "\n".join(lines)
 
 
 def plot_curves(res: dict, path: Path) -> None:
+    """One column per k; the held-out probe above, the seen-drawer probe below; mean ± std over seeds."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     ks = sorted({k for by_k in res["curve"].values() for k in by_k}, key=int)
-    fig, axes = plt.subplots(1, len(ks), figsize=(4 * len(ks), 3.6), squeeze=False)
-    for ax, k in zip(axes[0], ks):
-        for m, by_k in res["curve"].items():
-            if k not in by_k:
-                continue
-            steps = by_k[k][0]["steps"]
-            accs = np.array([c["accuracy"] for c in by_k[k] if c["steps"] == steps])
-            mean, std = 100 * accs.mean(0), 100 * (accs.std(0, ddof=1) if len(accs) > 1 else 0 * accs[0])
-            ax.plot(steps, mean, marker=".", label=f"{m} ({len(accs)} seeds)")
-            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-        ax.axhline(100 * res["chance"][k], color="k", ls="--", lw=1)
-        ax.set_title(f"k = {k}", fontsize=9)
-        ax.set_xlabel("pretraining step")
-        ax.set_ylim(0, 100)
-    axes[0][0].set_ylabel("probe accuracy (%), held-out drawers")
+    fig, axes = plt.subplots(len(PROBES), len(ks), figsize=(4 * len(ks), 3.2 * len(PROBES)), squeeze=False)
+    for row, (probe, key) in zip(axes, PROBES.items()):
+        for ax, k in zip(row, ks):
+            for m, by_k in res["curve"].items():
+                if k not in by_k:
+                    continue
+                steps = by_k[k][0]["steps"]
+                accs = np.array([c[key] for c in by_k[k] if c["steps"] == steps])
+                mean, std = 100 * accs.mean(0), 100 * (accs.std(0, ddof=1) if len(accs) > 1 else 0 * accs[0])
+                ax.plot(steps, mean, marker=".", label=f"{m} ({len(accs)} seeds)")
+                ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+            ax.axhline(100 * res["chance"][k], color="k", ls="--", lw=1)
+            ax.set_title(f"k = {k}, {probe} drawers", fontsize=9)
+            ax.set_xlabel("pretraining step")
+            ax.set_ylim(0, 100)
+        row[0].set_ylabel("probe accuracy (%)")
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(f"Spatial-MultiOmniglot learning curves, {res['settings']['train_size']} pairs, "
                  f"M = {res['settings']['M']}", fontsize=9)

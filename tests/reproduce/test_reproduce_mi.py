@@ -196,6 +196,15 @@ def test_learning_curve_and_a_killed_job_resumes_where_it_stopped(tmp_path, monk
     # kept: a third call trains nothing
     monkeypatch.setattr(train, "pretrain", lambda *a, **k: pytest.fail("trained again"))
     assert mi.run_one(s, str(zp), method, 1, 0, tmp_path / "cut") == resumed
+    # the gathered grid: where each probe's curve converged, per seed, and both probes printed and drawn
+    res = mi.run(str(zp), tmp_path / "cut", s, quick=False)
+    curve = resumed["curve"]
+    assert res["converged_at"] == {method: {"1": {
+        "held-out": [mi.converged_at(curve["steps"], curve["accuracy"])],
+        "seen": [mi.converged_at(curve["steps"], curve["accuracy_seen_drawers"])]}}}
+    text = mi.curves_table(res)
+    assert f"{method:<15} k=1  held-out" in text and f"{method:<15} k=1  seen" in text
+    assert (tmp_path / "cut" / "mi_curves.png").stat().st_size > 1000
 
 
 def test_converged_at():
