@@ -254,10 +254,14 @@ def run(zip_path: str, out: Path, s: Settings, quick: bool) -> dict:
         res["converged_at"] = {m: {k: {probe: [converged_at(c["steps"], c[key]) for c in curves]
                                        for probe, key in PROBES.items()} for k, curves in by_k.items()}
                                for m, by_k in res["curve"].items()}
+        res["plateau"] = {m: {k: {probe: [plateau(c["steps"], c[key]) for c in curves]
+                                  for probe, key in PROBES.items()} for k, curves in by_k.items()}
+                          for m, by_k in res["curve"].items()}
     common.write(out, res, plot, "mi.png", table(res))
     if s.probe_every:
         plot_curves(res, out / "mi_curves.png")
         print(curves_table(res))
+        print(plateau_table(res))
         print(f"wrote {out / 'mi_curves.png'}")
     return res
 
@@ -320,6 +324,31 @@ def converged_at(steps: list[int], acc: list[float], tol: float = 0.01, flat: fl
         if max(acc[i:]) <= a + tol:
             return steps[i]
     return None
+
+
+def plateau(steps: list[int], acc: list[float], min_probes: int = 3) -> float | None:
+    """The mean of the probes in the run's second half (steps after half the last one): the level a
+    converged curve sits at, less noisy than its last probe alone. None with fewer than
+    ``min_probes`` probes there (too few to average; probe more often)."""
+    late = [a for t, a in zip(steps, acc) if t > steps[-1] / 2]
+    return float(np.mean(late)) if len(late) >= min_probes else None
+
+
+def plateau_table(res: dict) -> str:
+    """Fig. 3a's table at the plateau: per seed, the mean probe over the second half of the run;
+    mean ± std over seeds (the number of seeds with a plateau in brackets where fewer than all)."""
+    ks = sorted({k for by_k in res["plateau"].values() for k in by_k}, key=int)
+    out = []
+    for probe in PROBES:
+        by_m = {m: {f"k={k}": by_k[k][probe] for k in by_k} for m, by_k in res["plateau"].items()}
+        out.append(common.grid_table(f"plateau, {probe} drawers: mean probe over the second half of each run, "
+                                     f"mean ± std over seeds", by_m, [f"k={k}" for k in ks], _pct_n))
+    return "\n".join(out)
+
+
+def _pct_n(xs: list) -> str:
+    n = sum(x is not None for x in xs)
+    return common.pct(xs) + ("" if n == len(xs) else f" ({n})")
 
 
 def curves_table(res: dict) -> str:

@@ -204,7 +204,23 @@ def test_learning_curve_and_a_killed_job_resumes_where_it_stopped(tmp_path, monk
         "seen": [mi.converged_at(curve["steps"], curve["accuracy_seen_drawers"])]}}}
     text = mi.curves_table(res)
     assert f"{method:<15} k=1  held-out" in text and f"{method:<15} k=1  seen" in text
+    # too few probes in the second half (only step 4 and 6 lie after 3) for a plateau: None, shown as such
+    assert res["plateau"] == {method: {"1": {"held-out": [None], "seen": [None]}}}
+    assert "nan" in mi.plateau_table(res) and "(0)" in mi.plateau_table(res)
     assert (tmp_path / "cut" / "mi_curves.png").stat().st_size > 1000
+
+
+def test_plateau():
+    steps = list(range(0, 44, 4))  # 0..40: the second half is 24..40, five probes
+    acc = [0.1, 0.3, 0.5, 0.6, 0.65, 0.7, 0.71, 0.69, 0.70, 0.72, 0.68]
+    assert mi.plateau(steps, acc) == pytest.approx(np.mean(acc[6:]))
+    assert mi.plateau(steps[:4], acc[:4]) is None  # 8..12: one probe after 6
+    assert mi.plateau([0, 2, 4, 6, 8], [0.1, 0.2, 0.3, 0.4, 0.5], min_probes=2) == pytest.approx(0.45)
+    res = {"plateau": {"xmoco": {"3": {"held-out": [0.7, 0.72, None], "seen": [0.9, 0.9, 0.9]}},
+                       "cmacc": {"1": {"held-out": [0.8], "seen": [0.95]}}}}
+    text = mi.plateau_table(res)
+    assert "71.0 ± 1.4% (2)" in text and "90.0 ± 0.0%" in text and "80.0 ± 0.0%" in text
+    assert text.count("plateau, ") == 2
 
 
 def test_converged_at():
