@@ -237,7 +237,8 @@ def run(zip_path: str, out: Path, s: Settings, quick: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     jobs = [(m, str(k), seed) for m in s.methods for k in s.chars for seed in s.seeds]
-    got = common.run_grid(jobs, lambda m, k, seed: run_one(s, zip_path, m, int(k), seed, out), "mi runs")
+    got = common.run_grid(jobs, lambda m, k, seed: _seeded(run_one(s, zip_path, m, int(k), seed, out), seed),
+                          "mi runs")
     res = {"experiment": "mi", "quick": quick,
            "settings": {**asdict(s), "zip": str(zip_path), "alphabet_sizes": PAPER_SIZES,
                         "mi_nats": {str(k): mutual_information(PAPER_SIZES, k) for k in s.chars},
@@ -245,6 +246,7 @@ def run(zip_path: str, out: Path, s: Settings, quick: bool) -> dict:
                                                  for k in s.chars},
                         "alphabets": _alphabets_note(zip_path)},
            "results": got.get("accuracy", {}),
+           "seeds_kept": got.get("seed", {}),
            **{key: got.get(key, {}) for key in ("per_cell", "accuracy_seen_drawers", "false_negatives", "distinct",
                                         "final_loss", "minutes")},
            "chance": {str(k): float(np.mean([1 / n for n in PAPER_SIZES[:k]])) for k in s.chars},
@@ -262,6 +264,7 @@ def run(zip_path: str, out: Path, s: Settings, quick: bool) -> dict:
         plot_curves(res, out / "mi_curves.png")
         print(curves_table(res))
         print(plateau_table(res))
+        print(paired_table(res))
         print(f"wrote {out / 'mi_curves.png'}")
     return res
 
@@ -344,6 +347,44 @@ def plateau_table(res: dict) -> str:
         out.append(common.grid_table(f"plateau, {probe} drawers: mean probe over the second half of each run, "
                                      f"mean ± std over seeds", by_m, [f"k={k}" for k in ks], _pct_n))
     return "\n".join(out)
+
+
+def paired(res: dict, method: str, k: str, probe: str, baseline: str = "xmoco") -> list[float]:
+    """Per seed that both ran: method's plateau minus the baseline's. The seed draws the
+    pseudo-alphabets (the data itself), so the paired difference removes the data's share of the
+    seed-to-seed spread."""
+    def by_seed(m: str) -> dict:
+        seeds = res["seeds_kept"].get(m, {}).get(k, [])
+        return {sd: x for sd, x in zip(seeds, res["plateau"].get(m, {}).get(k, {}).get(probe, []))
+                if x is not None}
+    mine, base = by_seed(method), by_seed(baseline)
+    return [mine[sd] - base[sd] for sd in sorted(mine) if sd in base]
+
+
+def paired_table(res: dict, baseline: str = "xmoco") -> str:
+    """Each method's plateau minus the baseline's on the same seed (same pseudo-alphabets)."""
+    if baseline not in res["plateau"]:
+        return f"(no paired differences: {baseline} was not run)"
+    ks = sorted({k for by_k in res["plateau"].values() for k in by_k}, key=int)
+    out = []
+    for probe in PROBES:
+        by_m = {m: {f"k={k}": paired(res, m, k, probe, baseline) for k in by_k}
+                for m, by_k in res["plateau"].items() if m != baseline}
+        out.append(common.grid_table(f"plateau minus {baseline}'s on the same seed, {probe} drawers: mean ± std "
+                                     f"over the seeds both ran (their number)", by_m, [f"k={k}" for k in ks],
+                                     _diff_n))
+    return "\n".join(out)
+
+
+def _diff_n(xs: list) -> str:
+    if not xs:
+        return "-"
+    m, s = common.mean_std(xs)
+    return f"{100 * m:+.1f} ± {100 * s:.1f} ({len(xs)})"
+
+
+def _seeded(result: dict | None, seed: int) -> dict | None:
+    return None if result is None else {**result, "seed": seed}
 
 
 def _pct_n(xs: list) -> str:

@@ -207,6 +207,7 @@ def test_learning_curve_and_a_killed_job_resumes_where_it_stopped(tmp_path, monk
     # too few probes in the second half (only step 4 and 6 lie after 3) for a plateau: None, shown as such
     assert res["plateau"] == {method: {"1": {"held-out": [None], "seen": [None]}}}
     assert "nan" in mi.plateau_table(res) and "(0)" in mi.plateau_table(res)
+    assert res["seeds_kept"] == {method: {"1": [0]}}  # which seed each kept run was, for paired_table
     assert (tmp_path / "cut" / "mi_curves.png").stat().st_size > 1000
 
 
@@ -221,6 +222,20 @@ def test_plateau():
     text = mi.plateau_table(res)
     assert "71.0 ± 1.4% (2)" in text and "90.0 ± 0.0%" in text and "80.0 ± 0.0%" in text
     assert text.count("plateau, ") == 2
+
+
+def test_paired_differences_match_seeds_not_positions():
+    # --kept-only left xmoco seeds 0 and 2 and cmacc seeds 1 and 2: only seed 2 pairs up
+    res = {"seeds_kept": {"xmoco": {"3": [0, 2]}, "cmacc": {"3": [1, 2]}, "smoco": {"3": [0, 2]}},
+           "plateau": {"xmoco": {"3": {"held-out": [0.70, 0.75], "seen": [0.9, 0.9]}},
+                       "cmacc": {"3": {"held-out": [0.50, 0.80], "seen": [0.9, 0.95]}},
+                       "smoco": {"3": {"held-out": [0.72, None], "seen": [0.8, 0.85]}}}}
+    assert mi.paired(res, "cmacc", "3", "held-out") == pytest.approx([0.05])
+    assert mi.paired(res, "smoco", "3", "held-out") == pytest.approx([0.02])  # seed 2 has no plateau
+    assert mi.paired(res, "smoco", "3", "seen") == pytest.approx([-0.1, -0.05])
+    text = mi.paired_table(res)
+    assert "+5.0 ± 0.0 (1)" in text and "-7.5 ± 3.5 (2)" in text and "xmoco " not in text
+    assert "not run" in mi.paired_table({"plateau": {"cmacc": {}}, "seeds_kept": {}})
 
 
 def test_converged_at():
