@@ -61,7 +61,7 @@ def test_uniform_expectation_matches_simulation():
     assert fig2.uniform_expectation(55, 1) == pytest.approx(1.0)
 
 
-def test_table1_reads_the_probes_and_reuses_kept_runs(tmp_path, monkeypatch):
+def test_table1_reads_the_probes_and_reuses_kept_runs(tmp_path, monkeypatch, capsys):
     out = tmp_path / "o"
     assert main(["reproduce", "table1", "--quick", "--seeds", "0,1", "--out", str(out)]) == 0
     res = _results(out)
@@ -84,6 +84,10 @@ def test_table1_reads_the_probes_and_reuses_kept_runs(tmp_path, monkeypatch):
     assert set(_results(out)["results"]) == {"xmoco"} and _results(out)["results"]["xmoco"] == res["results"]["xmoco"]
     with pytest.raises(AssertionError, match="trained again"):  # another config is not mistaken for it
         table1.run(out, table1.Settings(**{**table1.QUICK, "steps": 5}), True)
+    # nothing of the grid kept (a wrong --out, another grid's flags): a one-line error, exit 2, no results
+    empty = tmp_path / "empty"
+    assert main(["reproduce", "table1", "--quick", "--seeds", "0", "--kept-only", "--out", str(empty)]) == 2
+    assert "--kept-only: none of this grid's" in capsys.readouterr().err and not (empty / "results.json").exists()
 
 
 def test_a_killed_run_is_redone_in_a_fresh_folder(tmp_path):
