@@ -431,7 +431,8 @@ def plot_curves(res: dict, path: Path) -> None:
             ax.set_xlabel("pretraining step")
             ax.set_ylim(0, 100)
         row[0].set_ylabel("probe accuracy (%)")
-    axes[0][-1].legend(fontsize=7)
+    for ax in axes[0]:  # the number of seeds may differ per k (runs gathered with --kept-only)
+        ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"Spatial-MultiOmniglot learning curves, {res['settings']['train_size']} pairs, "
                  f"M = {res['settings']['M']}", fontsize=9)
     fig.tight_layout()
