@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import load_config
+from ..config import ConfigError, load_config
 from . import METHODS as EXPERIMENT_METHODS
 from . import common
 from .omniglot import PAPER_SIZES, mutual_information
@@ -239,6 +239,8 @@ def run(zip_path: str, out: Path, s: Settings, quick: bool) -> dict:
     jobs = [(m, str(k), seed) for m in s.methods for k in s.chars for seed in s.seeds]
     got = common.run_grid(jobs, lambda m, k, seed: _seeded(run_one(s, zip_path, m, int(k), seed, out), seed),
                           "mi runs")
+    if not got.get("accuracy"):  # all of them unless --kept-only
+        raise ConfigError(f"no kept runs of {list(s.methods)} in {out / 'runs'} (--kept-only)")
     res = {"experiment": "mi", "quick": quick,
            "settings": {**asdict(s), "zip": str(zip_path), "alphabet_sizes": PAPER_SIZES,
                         "mi_nats": {str(k): mutual_information(PAPER_SIZES, k) for k in s.chars},

@@ -7,7 +7,8 @@ import pytest
 from omniglot_zip import omniglot_zip
 
 from cmacc.cli import main
-from cmacc.reproduce import mi
+from cmacc.config import ConfigError
+from cmacc.reproduce import common, mi
 from cmacc.reproduce.omniglot import (
     CELL,
     PAPER_SIZES,
@@ -208,6 +209,8 @@ def test_learning_curve_and_a_killed_job_resumes_where_it_stopped(tmp_path, monk
     assert res["plateau"] == {method: {"1": {"held-out": [None], "seen": [None]}}}
     assert "nan" in mi.plateau_table(res) and "(0)" in mi.plateau_table(res)
     assert res["seeds_kept"] == {method: {"1": [0]}}  # which seed each kept run was, for paired_table
+    with common.kept_only(), pytest.raises(ConfigError, match="no kept runs"):  # a wrong --out: one line
+        mi.run(str(zp), tmp_path / "elsewhere", s, quick=False)
     assert (tmp_path / "cut" / "mi_curves.png").stat().st_size > 1000
 
 
