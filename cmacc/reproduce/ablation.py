@@ -139,11 +139,7 @@ def run(zip_path: str, out: Path, s: Settings, quick: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     jobs = [(name, "run", seed) for name in runs_of(s) for seed in s.seeds]
-    def one(name: str, seed: int) -> dict | None:
-        got = _one(s, name, seed, out, zip_path)
-        return None if got is None else {**got, "seed": seed}  # None: not kept (--kept-only)
-
-    got = common.run_grid(jobs, lambda name, _, seed: one(name, seed), "ablation runs")
+    got = common.run_grid(jobs, lambda name, _, seed: _one(s, name, seed, out, zip_path), "ablation runs")
     scores = ("video", "audio") if s.on == "builtin" else ("accuracy",)
     flat = {key: {m: v["run"] for m, v in by_m.items()} for key, by_m in got.items()}
     done = [n for n in runs_of(s) if n in flat.get(scores[0], {})]

@@ -79,11 +79,15 @@ def same_config(stored: dict, current: dict) -> bool:
 
 def run_grid(jobs: list[tuple[str, str, int]], one: Callable[[str, str, int], dict], desc: str) -> dict:
     """``one(method, setting, seed)`` for every job, with a progress bar. Returns
-    {field: {method: {setting: [per-seed value, in seed order]}}} over the fields the jobs return
-    (a job that returns None -- not kept, under kept_only -- is left out)."""
+    {field: {method: {setting: [per-seed value, in seed order]}}} over the fields the jobs return,
+    plus "seed": which seed each kept value came from (a job that returns None -- not kept, under
+    kept_only -- is left out, so positions alone do not name seeds)."""
     by_field: dict = {}
     for method, setting, seed in tqdm(jobs, desc=desc):
-        for key, value in (one(method, setting, seed) or {}).items():  # None: not kept (kept_only)
+        result = one(method, setting, seed)
+        if result is None:  # not kept (kept_only)
+            continue
+        for key, value in {**result, "seed": seed}.items():
             by_field.setdefault(key, {}).setdefault(method, {}).setdefault(setting, []).append(value)
     return by_field
 

@@ -237,8 +237,7 @@ def run(zip_path: str, out: Path, s: Settings, quick: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     jobs = [(m, str(k), seed) for m in s.methods for k in s.chars for seed in s.seeds]
-    got = common.run_grid(jobs, lambda m, k, seed: _seeded(run_one(s, zip_path, m, int(k), seed, out), seed),
-                          "mi runs")
+    got = common.run_grid(jobs, lambda m, k, seed: run_one(s, zip_path, m, int(k), seed, out), "mi runs")
     if not got.get("accuracy"):  # all of them unless --kept-only
         raise ConfigError(f"no kept runs of {list(s.methods)} in {out / 'runs'} (--kept-only)")
     res = {"experiment": "mi", "quick": quick,
@@ -383,10 +382,6 @@ def _diff_n(xs: list) -> str:
         return "-"
     m, s = common.mean_std(xs)
     return f"{100 * m:+.1f} ± {100 * s:.1f} ({len(xs)})"
-
-
-def _seeded(result: dict | None, seed: int) -> dict | None:
-    return None if result is None else {**result, "seed": seed}
 
 
 def _pct_n(xs: list) -> str:
