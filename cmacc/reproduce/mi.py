@@ -260,11 +260,15 @@ def run(zip_path: str, out: Path, s: Settings, quick: bool) -> dict:
         res["plateau"] = {m: {k: {probe: [plateau(c["steps"], c[key]) for c in curves]
                                   for probe, key in PROBES.items()} for k, curves in by_k.items()}
                           for m, by_k in res["curve"].items()}
+        for name, fn in (("peak", peak), ("drift", drift)):
+            res[name] = {m: {k: {probe: [fn(c["steps"], c[key]) for c in curves] for probe, key in PROBES.items()}
+                             for k, curves in by_k.items()} for m, by_k in res["curve"].items()}
     common.write(out, res, plot, "mi.png", table(res))
     if s.probe_every:
         plot_curves(res, out / "mi_curves.png")
         print(curves_table(res))
         print(plateau_table(res))
+        print(seeds_table(res))
         print(paired_table(res))
         print(f"wrote {out / 'mi_curves.png'}")
     return res
@@ -338,6 +342,24 @@ def plateau(steps: list[int], acc: list[float], min_probes: int = 3) -> float | 
     return float(np.mean(late)) if len(late) >= min_probes else None
 
 
+def peak(steps: list[int], acc: list[float]) -> list:
+    """The curve's highest probe and the first step it was reached at: [accuracy, step]."""
+    i = int(np.argmax(acc))
+    return [float(acc[i]), int(steps[i])]
+
+
+def drift(steps: list[int], acc: list[float], min_probes: int = 3) -> float | None:
+    """How far the curve moves across the run's second half (the probes ``plateau`` averages): the
+    least-squares line through them, its slope times their span, in accuracy. Near 0 (within the
+    probe's noise) the plateau is a level; well below 0 the curve is falling after its peak and the
+    plateau understates it. None where ``plateau`` is None."""
+    late = [(t, a) for t, a in zip(steps, acc) if t > steps[-1] / 2]
+    if len(late) < min_probes:
+        return None
+    t, a = np.array(late, dtype=float).T
+    return float(np.polyfit(t, a, 1)[0] * (t[-1] - t[0]))
+
+
 def plateau_table(res: dict) -> str:
     """Fig. 3a's table at the plateau: per seed, the mean probe over the second half of the run;
     mean ± std over seeds (the number of seeds with a plateau in brackets where fewer than all)."""
@@ -348,6 +370,23 @@ def plateau_table(res: dict) -> str:
         out.append(common.grid_table(f"plateau, {probe} drawers: mean probe over the second half of each run, "
                                      f"mean ± std over seeds", by_m, [f"k={k}" for k in ks], _pct_n))
     return "\n".join(out)
+
+
+def seeds_table(res: dict) -> str:
+    """Per method, k, probe and seed: the peak (and its step), the plateau and the drift across the
+    second half, so that a curve that falls after its peak is not read as a level."""
+    lines = ["per seed: peak @ step, plateau (mean of the second half), drift (the second half's fitted "
+             "change, points; a level only where it is within the probe's noise)"]
+    for m, by_k in res["plateau"].items():
+        for k in by_k:
+            for probe in PROBES:
+                cells = []
+                for sd, pk, pl, dr in zip(res["seeds_kept"][m][k], res["peak"][m][k][probe],
+                                          res["plateau"][m][k][probe], res["drift"][m][k][probe]):
+                    level = "-" if pl is None else f"{100 * pl:.1f}, drift {100 * dr:+.1f}"
+                    cells.append(f"seed {sd}: {100 * pk[0]:.1f} @ {pk[1]}, {level}")
+                lines.append(f"{m:<15} k={k:<2} {probe:<9} " + "; ".join(cells))
+    return "\n".join(lines)
 
 
 def paired(res: dict, method: str, k: str, probe: str, baseline: str = "xmoco") -> list[float]:

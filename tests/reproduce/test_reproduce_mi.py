@@ -208,6 +208,9 @@ def test_learning_curve_and_a_killed_job_resumes_where_it_stopped(tmp_path, monk
     # too few probes in the second half (only step 4 and 6 lie after 3) for a plateau: None, shown as such
     assert res["plateau"] == {method: {"1": {"held-out": [None], "seen": [None]}}}
     assert "nan" in mi.plateau_table(res) and "(0)" in mi.plateau_table(res)
+    assert res["drift"] == {method: {"1": {"held-out": [None], "seen": [None]}}}
+    assert res["peak"][method]["1"]["held-out"] == [mi.peak(curve["steps"], curve["accuracy"])]
+    assert f"{method:<15} k=1  seen      seed 0: " in mi.seeds_table(res)
     assert res["seeds_kept"] == {method: {"1": [0]}}  # which seed each kept run was, for paired_table
     with common.kept_only(), pytest.raises(ConfigError, match="no kept runs"):  # a wrong --out: one line
         mi.run(str(zp), tmp_path / "elsewhere", s, quick=False)
@@ -225,6 +228,25 @@ def test_plateau():
     text = mi.plateau_table(res)
     assert "71.0 ± 1.4% (2)" in text and "90.0 ± 0.0%" in text and "80.0 ± 0.0%" in text
     assert text.count("plateau, ") == 2
+
+
+def test_peak_and_drift_tell_a_falling_curve_from_a_level():
+    steps = list(range(0, 44, 4))  # the second half is 24..40
+    level = [0.1, 0.3, 0.5, 0.6, 0.65, 0.7, 0.71, 0.69, 0.70, 0.72, 0.68]
+    falling = [0.1, 0.6, 0.72, 0.7, 0.69, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45]  # peaks at 8, then falls 5 pts/4 steps
+    assert mi.peak(steps, level) == [0.72, 36] and mi.peak(steps, falling) == [0.72, 8]
+    assert mi.drift(steps, falling) == pytest.approx(-0.20)  # a straight line from 0.65 to 0.45
+    assert abs(mi.drift(steps, level)) < 0.02
+    assert mi.drift(steps[:4], falling[:4]) is None  # as plateau: too few probes in the second half
+    res = {"seeds_kept": {"xmoco": {"1": [0, 2]}},
+           "plateau": {"xmoco": {"1": {"held-out": [mi.plateau(steps, level), mi.plateau(steps, falling)],
+                                       "seen": [0.9, None]}}},
+           "peak": {"xmoco": {"1": {"held-out": [mi.peak(steps, level), mi.peak(steps, falling)],
+                                    "seen": [[0.95, 4], [0.9, 8]]}}},
+           "drift": {"xmoco": {"1": {"held-out": [mi.drift(steps, level), mi.drift(steps, falling)],
+                                     "seen": [0.0, None]}}}}
+    text = mi.seeds_table(res)
+    assert "seed 2: 72.0 @ 8, 55.0, drift -20.0" in text and "seed 2: 90.0 @ 8, -" in text
 
 
 def test_paired_differences_match_seeds_not_positions():
