@@ -254,13 +254,7 @@ def run(zip_path: str, out: Path, s: Settings, quick: bool) -> dict:
            "total_minutes": (time.perf_counter() - t0) / 60}
     if s.probe_every:
         res["curve"] = got.get("curve", {})
-        res["converged_at"] = {m: {k: {probe: [converged_at(c["steps"], c[key]) for c in curves]
-                                       for probe, key in PROBES.items()} for k, curves in by_k.items()}
-                               for m, by_k in res["curve"].items()}
-        res["plateau"] = {m: {k: {probe: [plateau(c["steps"], c[key]) for c in curves]
-                                  for probe, key in PROBES.items()} for k, curves in by_k.items()}
-                          for m, by_k in res["curve"].items()}
-        for name, fn in (("peak", peak), ("drift", drift)):
+        for name, fn in (("converged_at", converged_at), ("plateau", plateau), ("peak", peak), ("drift", drift)):
             res[name] = {m: {k: {probe: [fn(c["steps"], c[key]) for c in curves] for probe, key in PROBES.items()}
                              for k, curves in by_k.items()} for m, by_k in res["curve"].items()}
     common.write(out, res, plot, "mi.png", table(res))
@@ -338,8 +332,14 @@ def plateau(steps: list[int], acc: list[float], min_probes: int = 3) -> float | 
     """The mean of the probes in the run's second half (steps after half the last one): the level a
     converged curve sits at, less noisy than its last probe alone. None with fewer than
     ``min_probes`` probes there (too few to average; probe more often)."""
-    late = [a for t, a in zip(steps, acc) if t > steps[-1] / 2]
-    return float(np.mean(late)) if len(late) >= min_probes else None
+    late = _second_half(steps, acc, min_probes)
+    return None if late is None else float(np.mean([a for _, a in late]))
+
+
+def _second_half(steps: list[int], acc: list[float], min_probes: int) -> list | None:
+    """The (step, accuracy) probes after half the last step; None with fewer than ``min_probes``."""
+    late = [(t, a) for t, a in zip(steps, acc) if t > steps[-1] / 2]
+    return late if len(late) >= min_probes else None
 
 
 def peak(steps: list[int], acc: list[float]) -> list:
@@ -353,8 +353,8 @@ def drift(steps: list[int], acc: list[float], min_probes: int = 3) -> float | No
     least-squares line through them, its slope times their span, in accuracy. Near 0 (within the
     probe's noise) the plateau is a level; well below 0 the curve is falling after its peak and the
     plateau understates it. None where ``plateau`` is None."""
-    late = [(t, a) for t, a in zip(steps, acc) if t > steps[-1] / 2]
-    if len(late) < min_probes:
+    late = _second_half(steps, acc, min_probes)
+    if late is None:
         return None
     t, a = np.array(late, dtype=float).T
     return float(np.polyfit(t, a, 1)[0] * (t[-1] - t[0]))
