@@ -118,7 +118,10 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
 
 
 def pct(xs: list[float]) -> str:
+    """A table cell: mean ± std over seeds in %; a single seed has no std, and says so."""
     m, s = mean_std(xs)
+    if sum(x is not None for x in xs) == 1:
+        return f"{100 * m:.1f}% (1 seed)"
     return f"{100 * m:.1f} ± {100 * s:.1f}%"
 
 
@@ -135,7 +138,9 @@ def mean_fmt(fmt: str) -> Callable[[list], str]:
 def grid_table(title: str, by_method: dict, columns: list[str], fmt: Callable[[list], str], width: int = 15) -> str:
     lines = [title, f"{'method':<16}" + "".join(f"{c:>{width}}" for c in columns)]
     for m, by_col in by_method.items():
-        lines.append(f"{m:<16}" + "".join(f"{fmt(by_col[c]) if c in by_col else '-':>{width}}" for c in columns))
+        # the leading space keeps a cell wider than the column apart from its neighbour
+        lines.append(f"{m:<16}" + "".join(f"{' ' + (fmt(by_col[c]) if c in by_col else '-'):>{width}}"
+                                          for c in columns))
     return "\n".join(lines)
 
 

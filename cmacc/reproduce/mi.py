@@ -420,12 +420,12 @@ def _diff_n(xs: list) -> str:
     if not xs:
         return "-"
     m, s = common.mean_std(xs)
-    return f"{100 * m:+.1f} ± {100 * s:.1f} ({len(xs)})"
+    return f"{100 * m:+.1f} ({len(xs)})" if len(xs) == 1 else f"{100 * m:+.1f} ± {100 * s:.1f} ({len(xs)})"
 
 
 def _pct_n(xs: list) -> str:
     n = sum(x is not None for x in xs)
-    return common.pct(xs) + ("" if n == len(xs) else f" ({n})")
+    return common.pct(xs) + ("" if n in (1, len(xs)) else f" ({n})")  # pct names a single seed itself
 
 
 def curves_table(res: dict) -> str:

@@ -224,9 +224,12 @@ def test_plateau():
     assert mi.plateau(steps[:4], acc[:4]) is None  # 8..12: one probe after 6
     assert mi.plateau([0, 2, 4, 6, 8], [0.1, 0.2, 0.3, 0.4, 0.5], min_probes=2) == pytest.approx(0.45)
     res = {"plateau": {"xmoco": {"3": {"held-out": [0.7, 0.72, None], "seen": [0.9, 0.9, 0.9]}},
-                       "cmacc": {"1": {"held-out": [0.8], "seen": [0.95]}}}}
+                       "cmacc": {"1": {"held-out": [0.8], "seen": [0.95]}},
+                       "smoco": {"1": {"held-out": [1.0], "seen": [1.0]}, "3": {"held-out": [1.0], "seen": [1.0]}}}}
     text = mi.plateau_table(res)
-    assert "71.0 ± 1.4% (2)" in text and "90.0 ± 0.0%" in text and "80.0 ± 0.0%" in text
+    assert "100.0% (1 seed) 100.0% (1 seed)" in text  # cells as wide as the column stay apart
+    assert "71.0 ± 1.4% (2)" in text and "90.0 ± 0.0%" in text  # three seeds that agree: a real std of 0
+    assert "80.0% (1 seed)" in text and "80.0 ±" not in text  # one seed: no std to show
     assert text.count("plateau, ") == 2
 
 
@@ -259,7 +262,7 @@ def test_paired_differences_match_seeds_not_positions():
     assert mi.paired(res, "smoco", "3", "held-out") == pytest.approx([0.02])  # seed 2 has no plateau
     assert mi.paired(res, "smoco", "3", "seen") == pytest.approx([-0.1, -0.05])
     text = mi.paired_table(res)
-    assert "+5.0 ± 0.0 (1)" in text and "-7.5 ± 3.5 (2)" in text and "xmoco " not in text
+    assert "+5.0 (1)" in text and "+5.0 ±" not in text and "-7.5 ± 3.5 (2)" in text and "xmoco " not in text
     assert "not run" in mi.paired_table({"plateau": {"cmacc": {}}, "seeds_kept": {}})
 
 
