@@ -20,6 +20,7 @@ the GPU (NVDEC); everything else (MPEG-4 part 2, AV1, VFR, H.264 without a GPU) 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -334,7 +335,9 @@ def scan_paths(paths: list[str | Path], *, clip_seconds: float = 1.6, decode: st
                workers: int = 0) -> list[ScanRecord]:
     jobs = [(str(p), clip_seconds, decode) for p in paths]
     if workers and workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(workers) as ex:
+        # spawn, not fork: a fork of a process whose other threads hold locks (torch, PyAV, logging)
+        # can leave a worker waiting forever on a lock it copied locked
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
             return list(ex.map(_scan_one, jobs, chunksize=4))
     return [_scan_one(j) for j in jobs]
 
