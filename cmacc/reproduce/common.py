@@ -67,12 +67,21 @@ def _same_job(run_dir: Path, cfg) -> bool:
     return not (run_dir / "result.json").exists() and same_config(stored, cfg.to_dict())
 
 
+# How a run executes, not what it trains: a kept run (or a killed job's folder) matches a config that
+# differs only in these, and its result.json keeps the values it ran with. A different thread count
+# can change float rounding (the order of a reduction), so such a run is the same experiment, not a
+# bitwise copy; a resume is bitwise exact at the same count.
+EXECUTION_KEYS = ("run.threads", "run.progress")
+
+
 def same_config(stored: dict, current: dict) -> bool:
-    """The stored run's config is this one. A key the stored config lacks (an option added since)
-    matches when the current value is that option's default: the run behaved as the default does."""
+    """The stored run's config is this one, up to :data:`EXECUTION_KEYS`. A key the stored config lacks
+    (an option added since) matches when the current value is that option's default: the run behaved
+    as the default does."""
     from ..config import Config, flatten
-    as_json = lambda d: flatten(json.loads(json.dumps(d)))  # noqa: E731  (tuples -> lists, as stored)
-    a, b, default = flatten(stored), as_json(current), as_json(Config().to_dict())
+    as_json = lambda d: {k: v for k, v in flatten(json.loads(json.dumps(d))).items()  # noqa: E731
+                         if k not in EXECUTION_KEYS}  # (tuples -> lists, as stored)
+    a, b, default = as_json(stored), as_json(current), as_json(Config().to_dict())
     return all(k in b and b[k] == v for k, v in a.items()) and \
         all(k in a or (k in default and default[k] == v) for k, v in b.items())
 

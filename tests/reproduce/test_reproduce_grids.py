@@ -102,6 +102,25 @@ def test_a_killed_run_is_redone_in_a_fresh_folder(tmp_path):
     assert common.cached(run_dir, load_config(overrides=["seed=4"]), lambda: {"a": 2}) == {"a": 2}
 
 
+def test_a_kept_run_matches_across_thread_counts_only(tmp_path):
+    """run.threads says how fast a run went, not what it trained: a kept run (or a killed job's folder,
+    resumed) is found at another thread count, and its result.json keeps the count it ran with; any
+    other key, run.* included, is another run."""
+    from cmacc.config import load_config
+    run_dir = tmp_path / "r"
+    assert common.cached(run_dir, load_config(overrides=["seed=3", "run.threads=2"]), lambda: {"a": 1}) == {"a": 1}
+    assert common.cached(run_dir, load_config(overrides=["seed=3", "run.threads=1", "run.progress=false"]),
+                         lambda: {"a": 2}) == {"a": 1}
+    assert json.loads((run_dir / "result.json").read_text())["config"]["run"]["threads"] == 2
+    assert common.cached(run_dir, load_config(overrides=["seed=3", "run.precision=bf16"]), lambda: {"a": 3}) == {"a": 3}
+    killed = tmp_path / "k"  # a killed job's folder is resumed at another thread count, not cleared
+    (killed / "checkpoints").mkdir(parents=True)
+    common.write_atomic(killed / common.JOB, json.dumps({"config": load_config(overrides=["run.threads=1"]).to_dict()}))
+    (killed / "checkpoints" / "last.pt").write_text("a checkpoint")
+    assert common.cached(killed, load_config(overrides=["run.threads=2"]), lambda: {"a": 4}) == {"a": 4}
+    assert (killed / "checkpoints" / "last.pt").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["ohem", "--chars", "10"], "--chars"), (["fig2", "--batches", "8,x"], "--batches"),
     (["ohem", "--methods", "nope"], "method"), (["mi", "--seeds", "a"], "--seeds"),
